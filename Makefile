@@ -1,0 +1,41 @@
+# taxi-mlops: one model's life in production — train, register, serve, monitor.
+# `make help` lists the targets.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+COMPONENTS := training transformer monitoring
+ENVS := $(wildcard $(addsuffix /pyproject.toml,$(COMPONENTS))) tests/pyproject.toml
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+		/^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: setup
+setup: ## Install uv if missing and sync every environment from its lock file
+	@$(UV) --version >/dev/null 2>&1 || { echo "uv not found: installing it with pip"; $(PYTHON) -m pip install --quiet uv; }
+	@for project in $(dir $(ENVS)); do \
+		echo "==> syncing $$project"; \
+		$(UV) sync --quiet --frozen --project $$project; \
+	done
+
+.PHONY: test
+test: setup ## Run the whole test suite (unit tests per component, then the black-box tests)
+	@for component in $(COMPONENTS); do \
+		if [ -d $$component/tests ]; then \
+			echo "==> unit tests: $$component"; \
+			$$component/.venv/bin/python -m pytest -q $$component/tests; \
+		fi; \
+	done
+	@echo "==> integration tests"
+	cd tests && .venv/bin/python -m pytest $(PYTEST_ARGS)

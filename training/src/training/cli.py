@@ -1,0 +1,120 @@
+"""`python -m training …`: train, storage-uri, render-isvc, deploy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+EXIT_ERROR = 1
+
+
+def _add_registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking server (default: $MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument("--model-name", default="trip_duration", help="registered model name (default: %(default)s)")
+    p.add_argument(
+        "--artifacts-destination",
+        default=os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"),
+        help="when the server proxies artifacts (mlflow-artifacts:/…): its --artifacts-destination, "
+        "e.g. s3://mlflow, to map model URIs to S3 (default: $MLFLOW_ARTIFACTS_DESTINATION)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the NYC green-taxi trip-duration model, track it in MLflow and register it.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train, log to MLflow, register and (through the quality gate) move the alias",
+        description="Train on one month, validate on another, log everything to MLflow, register the "
+        "model and move the alias when it passes the quality gate. The last stdout line is JSON: "
+        "run_id, version, rmse, mae, promoted, reason, storage_uri.",
+        epilog="SRC is a local path, an http(s) URL, an s3:// URI (parquet, csv or csv.gz), or a month "
+        "YYYY-MM: $DATA_DIR/green_tripdata_YYYY-MM.parquet when present, else TLC's URL. Downloads "
+        "are cached in $DATA_CACHE_DIR (default ~/.cache/taxi-mlops).",
+    )
+    train.add_argument("--train-data", required=True, metavar="SRC", help="month to fit on")
+    train.add_argument("--val-data", required=True, metavar="SRC", help="month to evaluate on (never fitted)")
+    train.add_argument("--experiment", default="nyc-taxi-experiment", help="(default: %(default)s)")
+    train.add_argument("--alias", default="staging", help="alias moved on success (default: %(default)s)")
+    train.add_argument(
+        "--gate-tolerance",
+        type=float,
+        default=0.02,
+        help="promote unless RMSE is worse than the alias holder's by more than this fraction (default: %(default)s)",
+    )
+    _add_registry_args(train)
+
+    uri = sub.add_parser(
+        "storage-uri",
+        help="resolve model@alias to the S3 directory holding its model file",
+        description="Resolve a registry alias to JSON {run_id, version, source}; source is the directory "
+        "that holds the model's one .pkl, as KServe's storageUri wants it. Exit 1 when the model or "
+        "alias does not exist.",
+    )
+    uri.add_argument("--alias", "--stage-name", dest="alias", default="staging", help="(default: %(default)s)")
+    _add_registry_args(uri)
+    return top
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    import pyarrow
+
+    # pyarrow's multi-threaded CPU pool, once pandas has used it, aborts the interpreter at exit now and
+    # then ("terminate called without an active exception", exit 134); one thread costs nothing here.
+    pyarrow.set_cpu_count(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in ("mlflow", "botocore", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from mlflow.exceptions import MlflowException
+
+    from training.data import DataError
+    from training.registry import RegistryError
+
+    try:
+        if args.command == "train":
+            from training.train import TrainSettings, run
+
+            result = run(
+                TrainSettings(
+                    train_data=args.train_data,
+                    val_data=args.val_data,
+                    tracking_uri=args.tracking_uri,
+                    experiment=args.experiment,
+                    model_name=args.model_name,
+                    alias=args.alias,
+                    gate_tolerance=args.gate_tolerance,
+                    artifacts_destination=args.artifacts_destination,
+                )
+            )
+        elif args.command == "storage-uri":
+            import mlflow
+            from mlflow import MlflowClient
+
+            from training.registry import resolve_alias
+
+            if args.tracking_uri:
+                mlflow.set_tracking_uri(args.tracking_uri)
+            result = resolve_alias(MlflowClient(), args.model_name, args.alias, args.artifacts_destination)
+    except (DataError, RegistryError) as e:
+        fail(str(e))
+    except MlflowException as e:
+        fail(f"MLflow ({args.tracking_uri or 'default tracking URI'}): {e.message.splitlines()[0]}")
+    print(json.dumps(result))

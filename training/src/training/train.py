@@ -1,0 +1,138 @@
+"""The training job: fit, evaluate, log to MLflow, register, and move the alias through the gate."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import sklearn
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from training import model as model_lib
+from training.data import Month, load_month
+from training.features import FEATURES, PREDICTION, TARGET
+from training.registry import quality_gate, storage_uri
+
+log = logging.getLogger("training")
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+@dataclass
+class TrainSettings:
+    train_data: str
+    val_data: str
+    tracking_uri: str | None = None
+    experiment: str = "nyc-taxi-experiment"
+    model_name: str = "trip_duration"
+    alias: str = "staging"
+    gate_tolerance: float = 0.02
+    artifacts_destination: str | None = None
+    hyperparameters: dict | None = None
+
+
+def pip_requirements() -> list[str]:
+    import cloudpickle
+    import numpy
+    import scipy
+
+    return [
+        f"scikit-learn=={sklearn.__version__}",
+        f"numpy=={numpy.__version__}",
+        f"scipy=={scipy.__version__}",
+        f"pandas=={pd.__version__}",
+        f"cloudpickle=={cloudpickle.__version__}",
+    ]
+
+
+def data_params(prefix: str, month: Month) -> dict:
+    return {
+        f"{prefix}_data": month.source,
+        f"{prefix}_sha256": month.sha256,
+        f"{prefix}_rows": month.rows,
+        f"{prefix}_rows_used": month.rows_used,
+    }
+
+
+def run(settings: TrainSettings) -> dict:
+    # Everything that can fail on the user's input fails here, before MLflow sees a run.
+    log.info("loading training data %s", settings.train_data)
+    train = load_month(settings.train_data)
+    log.info("loading validation data %s", settings.val_data)
+    val = load_month(settings.val_data)
+    log.info("%d training rides, %d validation rides", train.rows_used, val.rows_used)
+
+    if settings.tracking_uri:
+        mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_experiment(settings.experiment)
+    client = MlflowClient()
+
+    pipeline = model_lib.build_pipeline(**(settings.hyperparameters or {}))
+    x_train, y_train = train.frame[FEATURES], train.frame[TARGET]
+    x_val, y_val = val.frame[FEATURES], val.frame[TARGET]
+
+    with mlflow.start_run() as active:
+        run_id = active.info.run_id
+        mlflow.log_params(
+            {
+                "features": ",".join(FEATURES),
+                "model": type(pipeline[-1]).__name__,
+                **{k: v for k, v in pipeline[-1].get_params().items() if k != "categorical_features"},
+                **data_params("train", train),
+                **data_params("val", val),
+            }
+        )
+        started = time.perf_counter()
+        pipeline.fit(x_train, y_train)
+        training_time = time.perf_counter() - started
+        predictions = pipeline.predict(x_val)
+        metrics = {
+            "rmse": model_lib.rmse(y_val, predictions),
+            "mae": model_lib.mae(y_val, predictions),
+            "training_time_s": training_time,
+        }
+        mlflow.log_metrics(metrics)
+        log.info("rmse %.3f, mae %.3f on %s (%.1fs to fit)", metrics["rmse"], metrics["mae"], val.source, training_time)
+
+        reference = x_val.assign(**{PREDICTION: predictions, TARGET: y_val.to_numpy()})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+            reference.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
+
+        info = mlflow.sklearn.log_model(
+            sk_model=pipeline,
+            name="model",
+            # KServe's sklearn runtime loads one *.pkl with joblib; skops (MLflow's default) it cannot read.
+            serialization_format="cloudpickle",
+            signature=infer_signature(x_val.head(100), predictions[:100]),
+            input_example=x_val.head(3),
+            pip_requirements=pip_requirements(),
+            registered_model_name=settings.model_name,
+        )
+        version = str(info.registered_model_version)
+
+    gate = quality_gate(client, settings.model_name, settings.alias, metrics["rmse"], settings.gate_tolerance)
+    client.set_model_version_tag(settings.model_name, version, "rmse", f"{metrics['rmse']:.4f}")
+    if gate.promote:
+        client.set_registered_model_alias(settings.model_name, settings.alias, version)
+        log.info("version %s is now @%s: %s", version, settings.alias, gate.reason)
+    else:
+        log.warning("version %s NOT promoted to @%s: %s", version, settings.alias, gate.reason)
+
+    return {
+        "run_id": run_id,
+        "version": version,
+        "rmse": round(metrics["rmse"], 4),
+        "mae": round(metrics["mae"], 4),
+        "promoted": gate.promote,
+        "reason": gate.reason,
+        "alias": settings.alias,
+        "storage_uri": storage_uri(client, settings.model_name, version, settings.artifacts_destination),
+    }
