@@ -1,0 +1,94 @@
+"""Calling the predictor over V2 (Open Inference Protocol), and gathering concurrent rides into one call."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Sequence
+
+import httpx
+from kserve import InferInput, InferRequest
+
+from transformer.validation import FEATURES, Ride
+
+# KServe's sklearn runtime builds a typed DataFrame from all named inputs only when the request says so;
+# without it the model would get inputs[0] alone.
+PANDAS_CONTENT = {"content_type": "pd"}
+DATATYPES = {"PULocationID": "INT64", "DOLocationID": "INT64", "trip_distance": "FP64"}
+
+
+class PredictorError(Exception):
+    """The predictor could not answer: `status` is 503 when unreachable, 502 when it answered badly."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def infer_request(model_name: str, rides: Sequence[Ride]) -> InferRequest:
+    inputs = [
+        InferInput(name=c, shape=[len(rides)], datatype=DATATYPES[c], data=[getattr(r, c) for r in rides])
+        for c in FEATURES
+    ]
+    return InferRequest(model_name=model_name, infer_inputs=inputs, parameters=dict(PANDAS_CONTENT))
+
+
+async def call_predictor(client, base_url: str, model_name: str, rides: Sequence[Ride], headers: dict) -> list[float]:
+    try:
+        response = await client.infer(base_url, data=infer_request(model_name, rides), model_name=model_name, headers=headers)
+    except httpx.HTTPStatusError as e:
+        raise PredictorError(f"predictor at {base_url} answered {e.response.status_code}: {e.response.text[:200]}", 502) from e
+    except httpx.TransportError as e:
+        raise PredictorError(f"predictor at {base_url} unreachable: {type(e).__name__}: {e}", 503) from e
+    try:
+        durations = [float(v) for v in response.outputs[0].data]
+    except (IndexError, TypeError, ValueError, AttributeError) as e:
+        raise PredictorError(f"predictor at {base_url} sent an unreadable response: {e}", 502) from e
+    if len(durations) != len(rides):
+        raise PredictorError(f"predictor returned {len(durations)} predictions for {len(rides)} rides", 502)
+    return durations
+
+
+class MicroBatcher:
+    """Concurrent single-ride requests share one predictor call: one HTTP hop per batch, not per ride.
+
+    A drain task takes whatever is queued (up to `max_rides`), optionally after waiting `max_wait` seconds
+    for more, sends it as one request, and hands each caller its slice; whatever arrives meanwhile goes in
+    the next call.
+    """
+
+    def __init__(self, call: Callable[[list[Ride], dict], Awaitable[list[float]]], max_rides: int, max_wait: float):
+        self.call = call
+        self.max_rides = max_rides
+        self.max_wait = max_wait
+        self._queue: list[tuple[list[Ride], dict, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def predict(self, rides: list[Ride], headers: dict) -> list[float]:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((rides, headers, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        if self.max_wait:
+            await asyncio.sleep(self.max_wait)
+        while self._queue:
+            taken, size = [], 0
+            while self._queue and (not taken or size + len(self._queue[0][0]) <= self.max_rides):
+                item = self._queue.pop(0)
+                taken.append(item)
+                size += len(item[0])
+            rides = [ride for item in taken for ride in item[0]]
+            try:
+                durations = await self.call(rides, taken[0][1])
+            except Exception as e:  # every waiting request gets the predictor's error
+                for _, _, future in taken:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            start = 0
+            for item_rides, _, future in taken:
+                if not future.done():
+                    future.set_result(durations[start : start + len(item_rides)])
+                start += len(item_rides)
