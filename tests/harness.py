@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,3 +255,97 @@ def synthetic_month(
     else:
         frame.to_csv(path, index=False)
     return path
+
+
+# Runs in the transformer's environment: scikit-learn 1.5.2 and joblib, as KServe's sklearn runtime.
+LOAD_LIKE_KSERVE = """
+import json, sys, glob, joblib, pandas as pd, sklearn
+assert sklearn.__version__ == "1.5.2", sklearn.__version__
+files = [f for ext in ("pkl", "joblib", "pickle") for f in glob.glob(f"{sys.argv[1]}/*.{ext}")]
+assert len(files) == 1, files
+model = joblib.load(files[0])
+rows = pd.read_json(sys.stdin, orient="records")
+print(json.dumps(model.predict(rows).tolist()))
+"""
+
+
+def predict_like_kserve(model_dir, rows: pd.DataFrame) -> list[float]:
+    out = subprocess.run(
+        [component_python("transformer"), "-c", LOAD_LIKE_KSERVE, str(model_dir)],
+        input=rows.to_json(orient="records"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def train(mlflow_url, s3, train_src, val_src, model_name, *extra):
+    return run_cli(
+        "training",
+        "train",
+        "--train-data", str(train_src),
+        "--val-data", str(val_src),
+        "--tracking-uri", mlflow_url,
+        "--model-name", model_name,
+        *extra,
+        env=s3.env,
+    )  # fmt: skip
+
+
+def start_predictor(workdir: Path, s3: S3Endpoint, model_dir: str, port: int | None = None) -> tuple[Process, str]:
+    """The local stand-in for KServe's sklearn runtime, serving `model_dir` (s3://…) as trip-duration."""
+    port = port or free_port()
+    proc = Process(
+        [component_python("transformer"), "-m", "transformer.sklearn_runtime", "--model_name", "trip-duration",
+         "--model_dir", model_dir, "--http_port", str(port)],
+        {**os.environ, **s3.env, "OMP_NUM_THREADS": "1"},
+        workdir / f"predictor-{port}.log",
+    ).start()  # fmt: skip
+    host = f"127.0.0.1:{port}"
+    wait_until(
+        lambda: proc.alive() and http_ok(f"http://{host}/v2/models/trip-duration/ready"),
+        f"predictor at {host}\n{proc.log()[-2000:]}",
+        timeout=90,
+    )
+    return proc, host
+
+
+def start_transformer(
+    workdir: Path, s3: S3Endpoint, predictor_host: str, log_uri: str, version: str, **env: str
+) -> tuple[Process, str]:
+    port = free_port()
+    proc = Process(
+        [component_python("transformer"), "-m", "transformer", "--model_name", "trip-duration",
+         "--predictor_host", predictor_host, "--predictor_protocol", "v2", "--http_port", str(port)],
+        {
+            **os.environ,
+            **s3.env,
+            "MODEL_VERSION": version,
+            "PREDICTION_LOG_URI": log_uri,
+            "PREDICTION_LOG_SPILL_DIR": str(workdir / f"spill-{port}"),
+            "PREDICTION_LOG_FLUSH_SECONDS": "0.5",
+            **env,
+        },
+        workdir / f"transformer-{port}.log",
+    ).start()  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: proc.alive() and http_ok(f"{url}/v1/models/trip-duration"), f"transformer at {url}", timeout=60)
+    return proc, url
+
+
+def read_prediction_logs(s3: S3Endpoint, uri: str) -> list[dict]:
+    import gzip
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    records = []
+    for key in s3.keys(bucket, prefix):
+        body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        if key.endswith(".gz"):
+            body = gzip.decompress(body)
+        records += [json.loads(line) for line in body.splitlines() if line.strip()]
+    return records

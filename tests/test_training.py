@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
+import io
 import uuid
 
 import pandas as pd
 import pytest
 import requests
 
-from harness import component_python, mlflow_server, run_cli
-
-# Runs in the transformer's environment: scikit-learn 1.5.2 and joblib, as KServe's sklearn runtime.
-LOAD_LIKE_KSERVE = """
-import json, sys, glob, joblib, pandas as pd, sklearn
-assert sklearn.__version__ == "1.5.2", sklearn.__version__
-files = [f for ext in ("pkl", "joblib", "pickle") for f in glob.glob(f"{sys.argv[1]}/*.{ext}")]
-assert len(files) == 1, files
-model = joblib.load(files[0])
-rows = pd.read_json(sys.stdin, orient="records")
-print(json.dumps(model.predict(rows).tolist()))
-"""
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def train(mlflow_url, s3, train_src, val_src, model_name, *extra):
-    return run_cli(
-        "training",
-        "train",
-        "--train-data", str(train_src),
-        "--val-data", str(val_src),
-        "--tracking-uri", mlflow_url,
-        "--model-name", model_name,
-        *extra,
-        env=s3.env,
-    )  # fmt: skip
+from harness import mlflow_server, predict_like_kserve, run_cli, train, unique
 
 
 def registered_versions(mlflow_url: str, name: str) -> list[dict]:
@@ -52,20 +23,7 @@ def registered_versions(mlflow_url: str, name: str) -> list[dict]:
 def reference_rows(s3, run_id: str) -> pd.DataFrame:
     key = next(k for k in s3.keys("mlflow") if run_id in k and k.endswith("reference/reference.parquet"))
     body = s3.client().get_object(Bucket="mlflow", Key=key)["Body"].read()
-    import io
-
     return pd.read_parquet(io.BytesIO(body))
-
-
-def predict_like_kserve(model_dir, rows: pd.DataFrame) -> list[float]:
-    out = subprocess.run(
-        [component_python("transformer"), "-c", LOAD_LIKE_KSERVE, str(model_dir)],
-        input=rows.to_json(orient="records"),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def test_train_registers_model_that_kserve_can_load(mlflow_url, s3, months, tmp_path):

@@ -1,0 +1,308 @@
+"""The transformer in front of the local sklearn runtime, both real kserve servers, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+
+import pandas as pd
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import (
+    predict_like_kserve,
+    read_prediction_logs,
+    start_predictor,
+    start_transformer,
+    train,
+    unique,
+    wait_until,
+)
+
+PATH = "/v1/models/trip-duration:predict"
+FEATURES = ["PULocationID", "DOLocationID", "trip_distance"]
+
+
+@pytest.fixture(scope="module")
+def model(mlflow_url, s3, months, workdir):
+    result = train(mlflow_url, s3, months["train"], months["val"], unique("serving"))
+    assert result.returncode == 0, result.stderr
+    local = workdir / f"model-{result.json['version']}-{result.json['run_id']}"
+    s3.download_dir(result.json["storage_uri"], local)
+    return {**result.json, "local_dir": local}
+
+
+@pytest.fixture(scope="module")
+def predictor(workdir, s3, model):
+    proc, host = start_predictor(workdir, s3, model["storage_uri"])
+    yield proc, host
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def transformer(workdir, s3, predictor, model):
+    log_uri = f"s3://predictions/{unique('serving')}"
+    proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"])
+    yield proc, url, log_uri
+    proc.stop()
+
+
+def post(url, body, headers=None):
+    if isinstance(body, bytes):
+        return requests.post(url + PATH, data=body, headers=headers, timeout=30)
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return requests.post(url + PATH, data=json.dumps(body), headers=headers, timeout=30)
+
+
+def ride(ride_id, pu=100, do=102, distance=30.0):
+    return {"ride_id": ride_id, "ride": {"PULocationID": pu, "DOLocationID": do, "trip_distance": distance}}
+
+
+def test_workshop_request_returns_the_models_prediction(transformer, model):
+    _, url, _ = transformer
+    r = post(url, ride("ride_xyz"), headers={"x-request-id": "req-123"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ride_id"] == "ride_xyz"
+    assert body["model_version"] == model["version"]
+    expected = predict_like_kserve(model["local_dir"], pd.DataFrame([ride("x")["ride"]]))
+    assert body["prediction"]["duration"] == pytest.approx(expected[0], rel=1e-12)
+    assert r.headers["x-request-id"] == "req-123"
+
+    generated = post(url, ride("ride_abc"))
+    assert len(generated.headers["x-request-id"]) >= 16
+
+
+def test_batch_returns_one_prediction_per_ride_in_order(transformer, model):
+    _, url, _ = transformer
+    rows = [ride(f"b{i}", pu=1 + i % 265, do=265 - i % 265, distance=round(0.3 * i, 2)) for i in range(120)]
+    rows[7]["ride_id"] = 12345  # numeric ids become strings, as in the workshop
+    r = post(url, {"instances": rows})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert [p["ride_id"] for p in predictions] == [str(x["ride_id"]) for x in rows]
+    assert {p["model_version"] for p in predictions} == {model["version"]}
+    expected = predict_like_kserve(model["local_dir"], pd.DataFrame([x["ride"] for x in rows]))
+    assert [p["duration"] for p in predictions] == pytest.approx(expected, rel=1e-12)
+
+
+def test_concurrent_single_rides_each_get_their_own_answer(transformer, model):
+    """Micro-batching gathers concurrent rides into one predictor call; answers must not cross."""
+    _, url, _ = transformer
+    rows = [ride(f"c{i}", pu=1 + (7 * i) % 265, do=1 + (11 * i) % 265, distance=0.5 * i) for i in range(64)]
+    results = {}
+
+    def send(row):
+        results[row["ride_id"]] = post(url, row).json()
+
+    threads = [threading.Thread(target=send, args=(row,)) for row in rows]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    expected = predict_like_kserve(model["local_dir"], pd.DataFrame([x["ride"] for x in rows]))
+    for row, value in zip(rows, expected):
+        assert results[row["ride_id"]]["ride_id"] == row["ride_id"]
+        assert results[row["ride_id"]]["prediction"]["duration"] == pytest.approx(value, rel=1e-12)
+
+
+def test_every_ride_is_logged_once_with_the_contract_fields(workdir, s3, predictor, model):
+    log_uri = f"s3://predictions/{unique('logs')}"
+    proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"])
+    try:
+        ids = [f"log-{i}" for i in range(30)]
+        for ride_id in ids[:10]:
+            assert post(url, ride(ride_id), headers={"x-request-id": f"rq-{ride_id}"}).status_code == 200
+        assert post(url, {"instances": [ride(i) for i in ids[10:]]}).status_code == 200
+        assert post(url, ride("", pu=0)).status_code == 400  # rejected rides are not logged
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0
+    records = read_prediction_logs(s3, log_uri)
+    assert Counter(r["ride_id"] for r in records) == Counter(ids)
+    first = next(r for r in records if r["ride_id"] == "log-0")
+    assert set(first) == {
+        "record_id", "ride_id", "request_id", "ts", "model_name", "model_version",
+        "PULocationID", "DOLocationID", "trip_distance", "prediction", "latency_ms",
+    }  # fmt: skip
+    assert first["request_id"] == "rq-log-0" and first["model_name"] == "trip-duration"
+    assert first["model_version"] == model["version"] and first["ts"].endswith("Z")
+    assert len({r["record_id"] for r in records}) == len(records)
+    keys = s3.keys("predictions", log_uri.split("/", 3)[3])
+    assert all("/model=trip-duration/date=" in k and "/hour=" in k and k.endswith(".jsonl.gz") for k in keys)
+
+
+def test_local_directory_destination(workdir, s3, predictor, model, tmp_path):
+    proc, url = start_transformer(workdir, s3, predictor[1], str(tmp_path / "logs"), model["version"])
+    try:
+        assert post(url, {"instances": [ride(f"d{i}") for i in range(5)]}).status_code == 200
+    finally:
+        proc.stop()
+    files = list((tmp_path / "logs").rglob("*.jsonl.gz"))
+    assert files and all("model=trip-duration" in str(f) for f in files)
+
+
+BAD_INPUTS = [
+    ("not JSON", b"{ride_id: 1", {"Content-Type": "application/json"}, "request format"),
+    ("wrong content type", b"ride_id=1", {"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type"),
+    ("JSON list", [ride("a")], None, "body"),
+    ("JSON string", "just a string", None, "body"),
+    ("null body", None, None, "body"),
+    ("missing ride_id", {"ride": ride("a")["ride"]}, None, "ride_id: missing"),
+    ("missing ride", {"ride_id": "a"}, None, "ride: missing"),
+    ("ride not an object", {"ride_id": "a", "ride": [100, 102, 3.0]}, None, "ride: must be an object"),
+    ("missing PULocationID", {"ride_id": "a", "ride": {"DOLocationID": 1, "trip_distance": 1}}, None, "ride.PULocationID: missing"),
+    ("missing trip_distance", {"ride_id": "a", "ride": {"PULocationID": 1, "DOLocationID": 1}}, None, "ride.trip_distance: missing"),
+    ("zone 0", ride("a", pu=0), None, "ride.PULocationID"),
+    ("zone 266", ride("a", do=266), None, "ride.DOLocationID"),
+    ("zone as string", ride("a", pu="100"), None, "ride.PULocationID"),
+    ("zone fractional", ride("a", pu=100.5), None, "ride.PULocationID"),
+    ("zone boolean", ride("a", pu=True), None, "ride.PULocationID"),
+    ("negative distance", ride("a", distance=-1), None, "ride.trip_distance"),
+    ("huge distance", ride("a", distance=1e9), None, "ride.trip_distance"),
+    ("distance as string", ride("a", distance="3 miles"), None, "ride.trip_distance"),
+    ("NaN distance", b'{"ride_id": "a", "ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}}',
+     {"Content-Type": "application/json"}, "request format"),
+    ("Infinity distance", b'{"ride_id": "a", "ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": Infinity}}',
+     {"Content-Type": "application/json"}, "request format"),
+    ("huge ride_id", ride("x" * 10_000), None, "ride_id: longer than"),
+    ("empty ride_id", ride(""), None, "ride_id: must not be empty"),
+    ("ride_id object", ride({"id": 1}), None, "ride_id: must be a string"),
+    ("instances not a list", {"instances": {"ride_id": "a"}}, None, "instances: must be a list"),
+    ("empty batch", {"instances": []}, None, "instances: empty batch"),
+    ("over-size batch", {"instances": [ride(f"o{i}") for i in range(1001)]}, None, "more than the maximum of 1000"),
+    ("bad ride in batch", {"instances": [ride("ok"), ride("ok2"), ride("bad", pu=999)]}, None, "instances[2].ride.PULocationID"),
+    ("instance not an object", {"instances": [ride("ok"), 7]}, None, "instances[1]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, body, headers, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_400_naming_the_field(transformer, name, body, headers, message):
+    _, url, _ = transformer
+    r = post(url, body, headers=headers)
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert message in r.json()["error"]
+
+
+def test_oversized_body_is_413(transformer):
+    _, url, _ = transformer
+    r = post(url, b"{" + b" " * (2 << 20) + b"}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+)
+NEAR_VALID_RIDE = st.fixed_dictionaries(
+    {"ride_id": JSON | st.text(max_size=200), "ride": st.fixed_dictionaries(
+        {"PULocationID": JSON | st.integers(-5, 300), "DOLocationID": JSON | st.integers(-5, 300),
+         "trip_distance": JSON | st.floats(-10, 1e4, allow_nan=False)})})  # fmt: skip
+BODIES = JSON | NEAR_VALID_RIDE | st.fixed_dictionaries({"instances": st.lists(NEAR_VALID_RIDE | JSON, max_size=8)})
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=BODIES)
+def test_no_json_body_makes_the_transformer_fail(transformer, body):
+    _, url, _ = transformer
+    r = requests.post(url + PATH, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code in (200, 400), (r.status_code, r.text)
+    assert "error" in r.json() if r.status_code == 400 else "ride_id" in r.text
+
+
+def test_metrics_expose_latency_and_prediction_log_counters(transformer):
+    _, url, _ = transformer
+    post(url, ride("m1"))
+    text = requests.get(url + "/metrics", timeout=10).text
+    for name in (
+        "request_predict_seconds_bucket",
+        "prediction_log_records_written_total",
+        "prediction_log_flush_failures_total",
+        "prediction_log_records_buffered",
+        "prediction_log_records_spilled",
+        "prediction_log_records_dropped_total",
+    ):
+        assert name in text, name
+
+
+def metric(url: str, name: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def test_s3_outage_loses_no_record(workdir, s3, predictor, model):
+    log_uri = f"s3://predictions/{unique('outage')}"
+    proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"])
+    try:
+        assert post(url, {"instances": [ride(f"before-{i}") for i in range(20)]}).status_code == 200
+        wait_until(lambda: len(read_prediction_logs(s3, log_uri)) == 20, "logs before the outage")
+        s3.stop()
+        try:
+            during = [f"during-{i}" for i in range(200)]
+            for start in range(0, 200, 20):
+                r = post(url, {"instances": [ride(x) for x in during[start : start + 20]]})
+                assert r.status_code == 200, "serving must not depend on the log destination"
+            wait_until(lambda: metric(url, "prediction_log_flush_failures_total") >= 1, "a failed flush")
+            wait_until(lambda: metric(url, "prediction_log_records_spilled") > 0, "records spilled to disk")
+        finally:
+            s3.start()
+        wait_until(lambda: metric(url, "prediction_log_records_spilled") == 0, "the spill to be shipped", timeout=90)
+        assert post(url, ride("after")).status_code == 200
+    finally:
+        proc.stop()
+    ids = [r["ride_id"] for r in read_prediction_logs(s3, log_uri)]
+    deduped = {r["record_id"]: r["ride_id"] for r in read_prediction_logs(s3, log_uri)}
+    assert Counter(deduped.values()) == Counter([f"before-{i}" for i in range(20)] + during + ["after"])
+    assert len(ids) >= len(deduped)
+
+
+def test_predictor_down_is_503_then_recovers(workdir, s3, model):
+    proc, host = start_predictor(workdir, s3, model["storage_uri"])
+    transformer_proc, url = start_transformer(workdir, s3, host, f"s3://predictions/{unique('down')}", model["version"])
+    try:
+        assert post(url, ride("up")).status_code == 200
+        proc.stop()
+        for body in (ride("down"), {"instances": [ride("down1"), ride("down2")]}):
+            r = post(url, body)
+            assert r.status_code in (502, 503), r.text
+            assert "predictor" in r.json()["error"]
+        proc, _ = start_predictor(workdir, s3, model["storage_uri"], port=int(host.split(":")[1]))
+        r = post(url, ride("back"))
+        assert r.status_code == 200 and r.json()["ride_id"] == "back"
+    finally:
+        transformer_proc.stop()
+        proc.stop()
+
+
+def test_sigterm_under_load_flushes_every_accepted_ride(workdir, s3, predictor, model):
+    log_uri = f"s3://predictions/{unique('sigterm')}"
+    # Long flush interval: without the shutdown flush, most records would still be in memory.
+    proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"],
+                                  PREDICTION_LOG_FLUSH_SECONDS="60", PREDICTION_LOG_FLUSH_RECORDS="100000")  # fmt: skip
+    accepted, stop = [], threading.Event()
+
+    def client(n):
+        i = 0
+        while not stop.is_set():
+            ride_id = f"t{n}-{i}"
+            i += 1
+            try:
+                r = post(url, ride(ride_id))
+            except requests.RequestException:
+                return
+            if r.status_code == 200:
+                accepted.append(ride_id)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    [t.start() for t in threads]
+    wait_until(lambda: len(accepted) >= 200, "200 accepted rides")
+    assert proc.stop(signal.SIGTERM, timeout=60) == 0, proc.log()[-3000:]
+    stop.set()
+    [t.join() for t in threads]
+    logged = Counter(r["ride_id"] for r in read_prediction_logs(s3, log_uri))
+    assert set(accepted) <= set(logged), f"{len(set(accepted) - set(logged))} accepted rides missing from logs"
