@@ -39,3 +39,7 @@ test: setup ## Run the whole test suite (unit tests per component, then the blac
 	done
 	@echo "==> integration tests"
 	cd tests && .venv/bin/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: setup ## Run the benchmarks and print their tables (results also in bench/results/)
+	tests/.venv/bin/python bench/serving.py

@@ -127,8 +127,11 @@ class S3Endpoint:
                 self.workdir / "minio.log",
             ).start()
         else:
+            import logging
+
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
         wait_until(lambda: self.client().list_buckets() is not None, f"S3 ({self.kind}) at {self.url}")

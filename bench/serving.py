@@ -1,0 +1,202 @@
+"""Serving benchmark: rides/s and latency through transformer + local sklearn runtime (logging on),
+against the workshop's design (Flask + pyfunc + one JSON file per request, gunicorn -w 2) in the same run.
+
+    tests/.venv/bin/python bench/serving.py [--seconds 10] [--json bench/results/serving.json]
+
+Trains on the real TLC months when DATA_DIR holds them, else on small synthetic months.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import (  # noqa: E402
+    ROOT,
+    Process,
+    S3Endpoint,
+    component_python,
+    free_port,
+    http_ok,
+    mlflow_server,
+    read_prediction_logs,
+    start_predictor,
+    start_transformer,
+    synthetic_month,
+    train,
+    wait_until,
+)
+
+PATH = "/v1/models/trip-duration:predict"
+
+
+def rides(n: int, offset: int = 0, tag: str = "r") -> list[dict]:
+    return [
+        {"ride_id": f"{tag}-{offset + i}", "ride": {"PULocationID": 1 + (offset + i) % 265,
+         "DOLocationID": 1 + (7 * (offset + i)) % 265, "trip_distance": round(0.1 * ((offset + i) % 200), 2)}}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def load(url: str, concurrency: int, seconds: float, batch: int, accepted: set, tag: str) -> dict:
+    """Closed loop: `concurrency` clients each send a request as soon as the previous one answered."""
+    latencies: list[float] = []
+    errors = 0
+    sent_rides = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def worker(n: int):
+            nonlocal errors, sent_rides
+            i = 0
+            while time.perf_counter() < deadline:
+                chunk = rides(batch, n * 10_000_000 + i, tag)
+                i += batch
+                started = time.perf_counter()
+                r = await client.post(url, json=chunk[0] if batch == 1 else {"instances": chunk})
+                latencies.append((time.perf_counter() - started) * 1000)
+                if r.status_code == 200:
+                    sent_rides += batch
+                    accepted.update(x["ride_id"] for x in chunk)
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rides_per_s": sent_rides / elapsed,
+        "requests": len(latencies),
+        "errors": errors,
+        "rides": sent_rides,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10, help="per measurement (default 10)")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    s3 = S3Endpoint(work / "s3").start()
+    s3.create_buckets()
+    procs: list[Process] = []
+    try:
+        mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)
+        procs.append(mlflow_proc)
+        data_dir = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data" / "nyc-tlc"))
+        if (data_dir / "green_tripdata_2022-01.parquet").exists():
+            months = data_dir / "green_tripdata_2022-01.parquet", data_dir / "green_tripdata_2022-02.parquet"
+        else:
+            months = synthetic_month(work / "m1.parquet", 2030, 1), synthetic_month(work / "m2.parquet", 2030, 2)
+        trained = train(mlflow_url, s3, *months, "trip_duration")
+        assert trained.returncode == 0, trained.stderr
+        model = trained.json
+        print(f"model version {model['version']}, rmse {model['rmse']}, {model['storage_uri']}", file=sys.stderr)
+
+        predictor, host = start_predictor(work, s3, model["storage_uri"])
+        procs.append(predictor)
+        log_uri = "s3://predictions/bench"
+        transformer, url = start_transformer(work, s3, host, log_uri, model["version"])
+        procs.append(transformer)
+
+        local_model = work / "model"
+        s3.download_dir(model["storage_uri"], local_model)
+        (work / "baseline-logs").mkdir()
+        port = free_port()
+        baseline = Process(
+            [str(Path(component_python("training")).parent / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}",
+             "--chdir", str(ROOT / "bench"), "baseline_app:app"],
+            {**os.environ, "MODEL_DIR": str(local_model), "LOG_DIR": str(work / "baseline-logs"),
+             "MODEL_VERSION": model["version"], "OMP_NUM_THREADS": "1"},
+            work / "baseline.log",
+        ).start()  # fmt: skip
+        procs.append(baseline)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: baseline.alive() and requests_ok(base_url), "the Flask baseline", timeout=120)
+
+        results, accepted = [], set()
+        plan = [("baseline", base_url + "/predict", 1, c) for c in (1, 8)]
+        plan += [("transformer", url + PATH, 1, c) for c in (1, 8)]
+        plan += [("transformer", url + PATH, 100, c) for c in (1, 4)]
+        for k, (system, target, batch, concurrency) in enumerate(plan):
+            ids = accepted if system == "transformer" else set()
+            asyncio.run(load(target, 2, 1.0, batch, ids, f"warm{k}"))
+            row = {"system": system, "batch": batch, "concurrency": concurrency,
+                   **asyncio.run(load(target, concurrency, args.seconds, batch, ids, f"run{k}"))}  # fmt: skip
+            results.append(row)
+            print(f"{system:12} batch {batch:>3}  c={concurrency:<2} {row['rides_per_s']:8.0f} rides/s  "
+                  f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}", file=sys.stderr)  # fmt: skip
+
+        transformer.stop()  # SIGTERM: flushes the prediction log
+        logged = {r["ride_id"] for r in read_prediction_logs(s3, log_uri)}
+        summary = summarize(results, len(accepted), len(accepted - logged))
+        summary["machine"] = machine()
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results, **summary}, indent=2))
+        print_table(results, summary)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        s3.stop()
+
+
+def requests_ok(base_url: str) -> bool:
+    import requests
+
+    return requests.post(base_url + "/predict", json=rides(1)[0], timeout=5).status_code == 200
+
+
+def summarize(results: list[dict], accepted: int, lost: int) -> dict:
+    def best(system, batch, concurrency=None):
+        rows = [r for r in results if r["system"] == system and r["batch"] == batch
+                and (concurrency is None or r["concurrency"] == concurrency)]  # fmt: skip
+        return max(rows, key=lambda r: r["rides_per_s"])
+
+    baseline = best("baseline", 1)["rides_per_s"]
+    return {
+        "single_vs_baseline": best("transformer", 1)["rides_per_s"] / baseline,
+        "batch100_vs_baseline": best("transformer", 100)["rides_per_s"] / baseline,
+        "single_p99_ms_at_8": best("transformer", 1, 8)["p99_ms"],
+        "rides_accepted": accepted,
+        "log_records_lost": lost,
+    }
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def print_table(results: list[dict], summary: dict) -> None:
+    print("| system | rides/request | clients | rides/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['system']} | {r['batch']} | {r['concurrency']} | {r['rides_per_s']:.0f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")  # fmt: skip
+    print()
+    print(f"single rides vs baseline: {summary['single_vs_baseline']:.2f}x; "
+          f"100-ride batches vs baseline: {summary['batch100_vs_baseline']:.1f}x; "
+          f"single-ride p99 at 8 clients: {summary['single_p99_ms_at_8']:.1f} ms; "
+          f"log records lost: {summary['log_records_lost']} of {summary['rides_accepted']}")  # fmt: skip
+    print(f"machine: {summary['machine']}")
+
+
+if __name__ == "__main__":
+    main()
