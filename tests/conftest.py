@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow
 import pytest
 
-from harness import SHARED_DATA, S3Endpoint, mlflow_server, synthetic_month
+from harness import SHARED_DATA, S3Endpoint, mlflow_server, start_predictor, synthetic_month, train, unique
 
 # See training/cli.py: pyarrow's multi-threaded pool can abort the interpreter at exit.
 pyarrow.set_cpu_count(1)
@@ -47,3 +47,21 @@ def real_data():
     if not (SHARED_DATA / "green_tripdata_2022-01.parquet").exists():
         pytest.skip(f"real TLC months not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model(mlflow_url, s3, months, workdir):
+    """A model trained through the CLI and registered as <name>@staging, also downloaded for comparisons."""
+    name = unique("serving")
+    result = train(mlflow_url, s3, months["train"], months["val"], name)
+    assert result.returncode == 0, result.stderr
+    local = workdir / f"model-{name}"
+    s3.download_dir(result.json["storage_uri"], local)
+    return {**result.json, "name": name, "local_dir": local}
+
+
+@pytest.fixture(scope="session")
+def predictor(workdir, s3, model):
+    proc, host = start_predictor(workdir, s3, model["storage_uri"])
+    yield proc, host
+    proc.stop()

@@ -29,22 +29,6 @@ FEATURES = ["PULocationID", "DOLocationID", "trip_distance"]
 
 
 @pytest.fixture(scope="module")
-def model(mlflow_url, s3, months, workdir):
-    result = train(mlflow_url, s3, months["train"], months["val"], unique("serving"))
-    assert result.returncode == 0, result.stderr
-    local = workdir / f"model-{result.json['version']}-{result.json['run_id']}"
-    s3.download_dir(result.json["storage_uri"], local)
-    return {**result.json, "local_dir": local}
-
-
-@pytest.fixture(scope="module")
-def predictor(workdir, s3, model):
-    proc, host = start_predictor(workdir, s3, model["storage_uri"])
-    yield proc, host
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def transformer(workdir, s3, predictor, model):
     log_uri = f"s3://predictions/{unique('serving')}"
     proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"])

@@ -5,8 +5,8 @@ of rides, flag differences no one cares about. So the decision threshold is cali
 split in two halves; windows of the current size are drawn from one half and tested against the other
 (the detector's reference) `n_calibration` times; the threshold is the `false_alarm_rate` quantile of the
 smallest per-column p-value. A window from the reference distribution then raises drift in about that
-fraction of runs, whatever its size. Windows larger than half the reference (or than MAX_CALIBRATION_SIZE)
-are calibrated at that size: beyond it the reference, not the window, limits what the tests can see. Zones too rare to expect 5 rides in a window are pooled as "other"
+fraction of runs, whatever its size. Windows larger than MAX_CALIBRATION_SIZE are calibrated at that
+size, to bound the time it takes; beyond it the reference, not the window, limits what the tests see. Zones too rare to expect 5 rides in a window are pooled as "other"
 (0) before testing.
 """
 
@@ -66,7 +66,7 @@ class Calibrated:
         half = len(reference) // 2
         self.detector_ref = reference.iloc[order[:half]].reset_index(drop=True)
         self.pool = reference.iloc[order[half:]].reset_index(drop=True)
-        self.n = min(size_bucket(window_size), len(self.pool), MAX_CALIBRATION_SIZE)
+        self.n = min(size_bucket(window_size), MAX_CALIBRATION_SIZE)
         self.kept_zones = {}
         for z in ZONES:
             frequencies = reference[z].value_counts(normalize=True)
@@ -105,7 +105,8 @@ class Calibrated:
         log.info("calibrating drift thresholds: %d windows of %d rides from the reference", n_calibration, self.n)
         pool = self.encode(self.pool)
         smallest = [
-            self._p_values(pool[rng.choice(len(pool), self.n, replace=False)]).min() for _ in range(n_calibration)
+            # With replacement: windows drawn without it from a finite pool vary less than real windows do.
+            self._p_values(pool[rng.choice(len(pool), self.n, replace=True)]).min() for _ in range(n_calibration)
         ]
         return float(np.quantile(smallest, self.false_alarm_rate))
 
