@@ -8,7 +8,8 @@ SHELL := /usr/bin/env bash
 PYTHON ?= python3
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 COMPONENTS := training transformer monitoring
-ENVS := $(wildcard $(addsuffix /pyproject.toml,$(COMPONENTS))) tests/pyproject.toml
+ENVS := $(addsuffix /pyproject.toml,$(COMPONENTS) stack tests)
+STACK := stack/.venv/bin/python -m stack
 PYTEST_ARGS ?=
 
 ##@ General
@@ -18,6 +19,24 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
 		/^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
 		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ On one machine (no Kubernetes, no Docker)
+
+.PHONY: demo
+demo: setup ## Run the whole loop locally: S3, MLflow, train, serve, replay rides, drift job, summary (DATA_DIR=… to work offline)
+	$(STACK) demo
+
+.PHONY: up
+up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transformer) and leave it running
+	$(STACK) up
+
+.PHONY: traffic-local
+traffic-local: ## Replay rides through the local stack's transformer (TRAFFIC_MONTH, TRAFFIC_RIDES)
+	$(STACK) traffic --url http://localhost:$${TRANSFORMER_PORT:-8080}
+
+.PHONY: down
+down: ## Stop the local stack started by `make up`
+	@if [ -x stack/.venv/bin/python ]; then $(STACK) down; else echo "nothing to stop"; fi
 
 ##@ Development
 
@@ -43,3 +62,4 @@ test: setup ## Run the whole test suite (unit tests per component, then the blac
 .PHONY: bench
 bench: setup ## Run the benchmarks and print their tables (results also in bench/results/)
 	tests/.venv/bin/python bench/serving.py
+	tests/.venv/bin/python bench/drift.py

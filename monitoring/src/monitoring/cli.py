@@ -215,13 +215,16 @@ def print_table(summary: dict) -> None:
 
 
 def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
+    import contextlib
+
     import mlflow
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
         mlflow.set_experiment("trip-duration-monitoring")
-        with mlflow.start_run(run_name=f"drift {summary['window']['until']}"):
+        # MLflow prints run links on stdout, which is the table and the JSON line here.
+        with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=f"drift {summary['window']['until']}"):
             mlflow.set_tags({"model_version": summary["model_version"] or "", "status": summary["status"]})
             mlflow.log_metrics(
                 {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -77,7 +79,8 @@ def run(settings: TrainSettings) -> dict:
     x_train, y_train = train.frame[FEATURES], train.frame[TARGET]
     x_val, y_val = val.frame[FEATURES], val.frame[TARGET]
 
-    with mlflow.start_run() as active:
+    # MLflow prints run links on stdout, whose last line is the result JSON.
+    with contextlib.redirect_stdout(sys.stderr), mlflow.start_run() as active:
         run_id = active.info.run_id
         mlflow.log_params(
             {

@@ -1,0 +1,322 @@
+"""`python -m stack demo|up|down|traffic`: the whole loop on one machine, no Kubernetes, no Docker."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from stack import processes, traffic
+from stack.processes import ROOT, Process, S3Endpoint, StackError, component_python
+
+MODEL_NAME = "trip_duration"
+LOG_URI = "s3://predictions/logs"
+CURL = (
+    "curl -s localhost:{port}/v1/models/trip-duration:predict -H 'Content-Type: application/json' "
+    """-d '{{"ride_id": "ride_xyz", "ride": {{"PULocationID": 100, "DOLocationID": 102, "trip_distance": 30}}}}'"""
+)
+
+
+@dataclass
+class Config:
+    state: Path = field(default_factory=lambda: Path(os.environ.get("STATE_DIR", ROOT / ".local")))
+    s3_port: int = int(os.environ.get("S3_PORT", 9000))
+    mlflow_port: int = int(os.environ.get("MLFLOW_PORT", 5000))
+    predictor_port: int = int(os.environ.get("PREDICTOR_PORT", 8081))
+    transformer_port: int = int(os.environ.get("TRANSFORMER_PORT", 8080))
+    train_month: str = os.environ.get("TRAIN_MONTH", "2022-01")
+    val_month: str = os.environ.get("VAL_MONTH", "2022-02")
+    traffic_month: str = os.environ.get("TRAFFIC_MONTH", "2022-02")
+    traffic_rides: int = int(os.environ.get("TRAFFIC_RIDES", 3000))
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+
+class Progress:
+    def __init__(self, total: int):
+        self.total, self.step, self.started = total, 0, time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        self.step += 1
+        print(f"==> [{self.step}/{self.total}] {message}  (+{time.monotonic() - self.started:.0f}s)", flush=True)
+
+
+def check_ports(cfg: Config) -> None:
+    for name, var, port in (
+        ("S3", "S3_PORT", cfg.s3_port),
+        ("MLflow", "MLFLOW_PORT", cfg.mlflow_port),
+        ("predictor", "PREDICTOR_PORT", cfg.predictor_port),
+        ("transformer", "TRANSFORMER_PORT", cfg.transformer_port),
+    ):
+        with socket.socket() as s:
+            # As the servers do: connections of an earlier run in TIME_WAIT do not make a port taken.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise StackError(
+                    f"port {port} ({name}) is taken: stop what uses it (`make down` if it is this stack) or set {var}=…"
+                ) from None
+
+
+def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
+    """A component's CLI; its output goes to `log`; its last stdout line is JSON."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err:
+        proc = subprocess.run(
+            [component_python(component), "-m", component, *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    with open(log, "a") as out:
+        out.write(proc.stdout)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        last = log.read_text().strip().splitlines()[-1:] or [""]
+        raise StackError(f"`python -m {component} {args[0]}` failed: {last[0]} (log: {log})")
+    return {"json": json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "exit": proc.returncode}
+
+
+class Stack:
+    """S3, MLflow, a trained model, the predictor and the transformer, each a process with a log file."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.procs: dict[str, Process] = {}
+        self.s3: S3Endpoint | None = None
+        self.model: dict = {}
+
+    @property
+    def env(self) -> dict:
+        return {**self.s3.env, "MLFLOW_TRACKING_URI": self.mlflow_url}
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.mlflow_port}"
+
+    @property
+    def transformer_url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.transformer_port}"
+
+    def start(self, progress: Progress) -> None:
+        cfg = self.cfg
+        check_ports(cfg)
+        cfg.logs.mkdir(parents=True, exist_ok=True)
+
+        if not processes.shutil.which("minio"):
+            # moto keeps objects in memory only: a registry left from an earlier run would point at nothing.
+            processes.shutil.rmtree(cfg.state / "mlflow", ignore_errors=True)
+        self.s3 = S3Endpoint(cfg.logs, port=cfg.s3_port, in_process=False)
+        self.s3.start()
+        self.procs["s3"] = self.s3._server if isinstance(self.s3._server, Process) else None
+        self.s3.create_buckets()
+        progress(f"S3 ({self.s3.kind}) at {self.s3.url}")
+
+        proc, _ = processes.mlflow_server(cfg.state / "mlflow", self.s3, port=cfg.mlflow_port)
+        self.procs["mlflow"] = proc
+        progress(f"MLflow at {self.mlflow_url} (sqlite in {cfg.state / 'mlflow'})")
+
+        trained = run_step(
+            "training",
+            ["train", "--train-data", cfg.train_month, "--val-data", cfg.val_month, "--model-name", MODEL_NAME],
+            self.env,
+            cfg.logs / "train.log",
+        )["json"]
+        progress(
+            f"trained on {cfg.train_month}, validated on {cfg.val_month}: RMSE {trained['rmse']:.2f} min, "
+            f"version {trained['version']} ({'promoted to @staging' if trained['promoted'] else trained['reason']})"
+        )
+
+        resolved = run_step(
+            "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env, cfg.logs / "storage-uri.log"
+        )["json"]
+        self.model = {**trained, **resolved}
+        progress(f"{MODEL_NAME}@staging is version {resolved['version']} at {resolved['source']}")
+
+        proc, host = processes.start_predictor(cfg.logs, self.s3, resolved["source"], port=cfg.predictor_port)
+        self.procs["predictor"] = proc
+        proc, _ = processes.start_transformer(
+            cfg.logs, self.s3, host, LOG_URI, resolved["version"], port=cfg.transformer_port,
+            PREDICTION_LOG_SPILL_DIR=str(cfg.state / "spill"),
+        )  # fmt: skip
+        self.procs["transformer"] = proc
+        progress(f"predictor at http://{host}, transformer at {self.transformer_url}")
+
+    def stop(self) -> None:
+        for name in ("transformer", "predictor", "mlflow", "s3"):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                proc.stop()
+        if self.s3 is not None and self.s3.in_process:
+            self.s3.stop()
+
+    def save(self) -> None:
+        state = {name: proc.proc.pid for name, proc in self.procs.items() if proc and proc.proc}
+        (self.cfg.state / "stack.json").write_text(json.dumps({"pids": state, "model": self.model}, indent=2))
+
+    def count_logged(self) -> int:
+        bucket, _, prefix = LOG_URI.removeprefix("s3://").partition("/")
+        client = self.s3.client()
+        ids = set()
+        for key in self.s3.keys(bucket, prefix + "/"):
+            body = gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            ids.update(json.loads(line)["record_id"] for line in body.splitlines() if line.strip())
+        return len(ids)
+
+
+def demo(cfg: Config) -> dict:
+    progress = Progress(7)
+    stack = Stack(cfg)
+    try:
+        stack.start(progress)
+        rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides, seed=1)
+        actuals = cfg.state / "actuals.parquet"
+        rides[["ride_id", "duration"]].to_parquet(actuals, index=False)
+        served = traffic.replay(stack.transformer_url, rides)
+        stack.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
+        logged = stack.count_logged()
+        progress(f"replayed {served:,} rides of {cfg.traffic_month}; {logged:,} log records in {LOG_URI}")
+
+        drift = run_step(
+            "monitoring",
+            ["--reference", f"models:/{MODEL_NAME}@staging", "--current", LOG_URI, "--window", "24h",
+             "--report-uri", str(cfg.state / "monitoring"), "--actuals", str(actuals), "--log-to-mlflow"],
+            stack.env,
+            cfg.logs / "drift.log",
+        )  # fmt: skip
+        progress("drift job done")
+        summary = {
+            "rmse": stack.model["rmse"],
+            "model_version": stack.model["version"],
+            "storage_uri": stack.model["source"],
+            "rides_served": served,
+            "log_records": logged,
+            "drift": drift["json"]["drift"],
+            "drift_status": drift["json"]["status"],
+            "report": drift["json"]["report"],
+            "performance": drift["json"].get("performance"),
+            "mlflow_ui": stack.mlflow_url,
+        }
+        print_summary(cfg, summary, drift["stdout"])
+        (cfg.state / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        stack.stop()
+
+
+def print_summary(cfg: Config, s: dict, drift_stdout: str) -> None:
+    table = [line for line in drift_stdout.strip().splitlines()[:-1]]
+    perf = s.get("performance") or {}
+    print()
+    print("=" * 30 + " taxi-mlops demo " + "=" * 30)
+    print(f"model          {MODEL_NAME} version {s['model_version']} @staging, RMSE {s['rmse']:.2f} min on {cfg.val_month}")
+    print(f"storage URI    {s['storage_uri']}")
+    print(f"rides served   {s['rides_served']:,} ({cfg.traffic_month}, through the transformer)")
+    print(f"log records    {s['log_records']:,} in {LOG_URI}")
+    if perf.get("rmse"):
+        print(f"live RMSE      {perf['rmse']:.2f} min on {perf['n_joined']:,} rides with actual durations")
+    print(f"drift          {'YES' if s['drift'] else 'no'}")
+    for line in table:
+        print(f"    {line}")
+    if s["report"]:
+        print(f"HTML report    {s['report']}/report.html")
+    print(f"MLflow UI      `make up`, then open {s['mlflow_ui']}")
+    print(f"try it         `make up`, then: {CURL.format(port=cfg.transformer_port)}")
+    print(json.dumps(s))
+
+
+def up(cfg: Config) -> None:
+    stack = Stack(cfg)
+    try:
+        stack.start(Progress(5))
+    except BaseException:
+        stack.stop()
+        raise
+    stack.save()
+    print(f"\nthe stack is up (state in {cfg.state}); `make down` stops it.")
+    print(f"MLflow UI      {stack.mlflow_url}")
+    print(f"S3             {stack.s3.url} (key {stack.s3.access_key}, secret {stack.s3.secret_key})")
+    print(f"try it         {CURL.format(port=cfg.transformer_port)}")
+
+
+def down(cfg: Config) -> None:
+    path = cfg.state / "stack.json"
+    if not path.exists():
+        print("nothing to stop: no stack is up")
+        return
+    pids = json.loads(path.read_text())["pids"]
+    for name, pid in pids.items():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            print(f"stopped {name} (pid {pid})")
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    for pid in pids.values():
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    path.unlink()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m stack",
+        description="The whole system on one machine, no Kubernetes and no Docker.",
+        epilog="Environment: DATA_DIR (local TLC months; else they are downloaded and cached), STATE_DIR "
+        "(default .local), S3_PORT 9000, MLFLOW_PORT 5000, PREDICTOR_PORT 8081, TRANSFORMER_PORT 8080, "
+        "TRAIN_MONTH 2022-01, VAL_MONTH 2022-02, TRAFFIC_MONTH 2022-02, TRAFFIC_RIDES 3000.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="start everything, train, serve, replay rides, run the drift job, summarize, clean up")
+    sub.add_parser("up", help="start S3, MLflow, train, and serve; leave it running")
+    sub.add_parser("down", help="stop what `up` started")
+    t = sub.add_parser("traffic", help="replay rides of a month through a transformer")
+    t.add_argument("--url", default="http://localhost:8080")
+    t.add_argument("--month", default=os.environ.get("TRAFFIC_MONTH", "2022-02"))
+    t.add_argument("--rides", type=int, default=int(os.environ.get("TRAFFIC_RIDES", 3000)))
+    args = p.parse_args(argv)
+
+    # Ctrl-C and `kill` both end in the `finally` that stops every process we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cfg = Config()
+    try:
+        if args.command == "demo":
+            demo(cfg)
+        elif args.command == "up":
+            up(cfg)
+        elif args.command == "down":
+            down(cfg)
+        else:
+            served = traffic.replay(args.url, traffic.rides(args.month, args.rides))
+            print(f"replayed {served:,} rides of {args.month} through {args.url}")
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (TimeoutError, requests.RequestException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: every process this started has been stopped", file=sys.stderr)
+        sys.exit(130)
