@@ -30,8 +30,8 @@ demo: setup ## Run the whole loop locally: S3, MLflow, train, serve, replay ride
 up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transformer) and leave it running
 	$(STACK) up
 
-.PHONY: traffic-local
-traffic-local: ## Replay rides through the local stack's transformer (TRAFFIC_MONTH, TRAFFIC_RIDES)
+.PHONY: traffic
+traffic: setup ## Replay rides of a month through the transformer on localhost (local stack or port-forward)
 	$(STACK) traffic --url http://localhost:$${TRANSFORMER_PORT:-8080}
 
 .PHONY: down

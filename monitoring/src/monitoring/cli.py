@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # MLflow's default retries keep a user waiting minutes for an unreachable server; ~30 s is enough.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("DO_NOT_TRACK", "1")  # evidently's telemetry
     import pyarrow

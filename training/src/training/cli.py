@@ -64,6 +64,34 @@ def parser() -> argparse.ArgumentParser:
     )
     uri.add_argument("--alias", "--stage-name", dest="alias", default="staging", help="(default: %(default)s)")
     _add_registry_args(uri)
+
+    isvc_epilog = (
+        "The rest comes from the environment the Job sets: ISVC_NAME (trip-duration), POD_NAMESPACE, "
+        "TRANSFORMER_IMAGE, PREDICTOR_SERVICE_ACCOUNT (kserve-s3), S3_SECRET (s3-credentials), S3_ENDPOINT_URL, "
+        "PREDICTION_LOG_URI (s3://predictions/logs)."
+    )
+    render = sub.add_parser(
+        "render-isvc",
+        help="print the InferenceService YAML for a model version",
+        description="Print the InferenceService for --storage-uri/--model-version, or for the version the "
+        "alias points at when they are not given.",
+        epilog=isvc_epilog,
+    )
+    render.add_argument("--storage-uri", help="the model's s3:// directory (default: resolved from the alias)")
+    render.add_argument("--model-version", help="its registry version (with --storage-uri)")
+    render.add_argument("--alias", default="staging", help="(default: %(default)s)")
+    _add_registry_args(render)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="resolve the alias, apply its InferenceService and wait until it is Ready",
+        description="Resolve model@alias to its S3 directory and version, render the InferenceService, create or "
+        "patch it with the kubernetes client (in-cluster credentials, else ~/.kube/config) and wait for Ready.",
+        epilog=isvc_epilog,
+    )
+    deploy.add_argument("--alias", default="staging", help="(default: %(default)s)")
+    deploy.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready (default: %(default)s)")
+    _add_registry_args(deploy)
     return top
 
 
@@ -74,6 +102,8 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # MLflow's default retries keep a user waiting minutes for an unreachable server; ~30 s is enough.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
     import pyarrow
 
     # pyarrow's multi-threaded CPU pool, once pandas has used it, aborts the interpreter at exit now and
@@ -86,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow.exceptions import MlflowException
 
     from training.data import DataError
+    from training.isvc import DeployError
     from training.registry import RegistryError
 
     try:
@@ -113,8 +144,41 @@ def main(argv: list[str] | None = None) -> None:
             if args.tracking_uri:
                 mlflow.set_tracking_uri(args.tracking_uri)
             result = resolve_alias(MlflowClient(), args.model_name, args.alias, args.artifacts_destination)
-    except (DataError, RegistryError) as e:
+        else:
+            result = isvc_command(args)
+            if result is None:
+                return
+    except (DataError, RegistryError, DeployError, ValueError, TimeoutError) as e:
         fail(str(e))
     except MlflowException as e:
         fail(f"MLflow ({args.tracking_uri or 'default tracking URI'}): {e.message.splitlines()[0]}")
     print(json.dumps(result))
+
+
+def isvc_command(args) -> dict | None:
+    import yaml
+
+    from training import isvc
+
+    if args.command == "render-isvc" and args.storage_uri:
+        if not args.model_version:
+            raise ValueError("--storage-uri needs --model-version")
+        storage_uri, version = args.storage_uri, args.model_version
+    else:
+        import mlflow
+        from mlflow import MlflowClient
+
+        from training.registry import resolve_alias
+
+        if args.tracking_uri:
+            mlflow.set_tracking_uri(args.tracking_uri)
+        resolved = resolve_alias(MlflowClient(), args.model_name, args.alias, args.artifacts_destination)
+        storage_uri, version = resolved["source"], resolved["version"]
+    manifest = isvc.render(storage_uri, version)
+    if args.command == "render-isvc":
+        print(yaml.safe_dump(manifest, sort_keys=False), end="")
+        return None
+    logging.getLogger("training").info("applying InferenceService %s (version %s, %s)", manifest["metadata"]["name"], version, storage_uri)
+    current = isvc.apply(manifest, timeout=args.timeout)
+    return {"name": manifest["metadata"]["name"], "version": version, "storage_uri": storage_uri,
+            "url": current.get("status", {}).get("url"), "ready": True}
