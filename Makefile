@@ -5,7 +5,22 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+include versions.env
+
 PYTHON ?= python3
+KUBECTL ?= kubectl
+KIND ?= kind
+DOCKER ?= docker
+CLUSTER_NAME ?= taxi-mlops
+NAMESPACE := taxi-mlops
+OVERLAY := manifests/overlays/kind
+IMAGES := training transformer monitoring
+LOCAL_PORT ?= 8080
+# Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
+TRAIN_DATA ?= 2022-01
+VAL_DATA ?= 2022-02
+CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
+KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 COMPONENTS := training transformer monitoring
 ENVS := $(addsuffix /pyproject.toml,$(COMPONENTS) stack tests)
@@ -37,6 +52,120 @@ traffic: setup ## Replay rides of a month through the transformer on localhost (
 .PHONY: down
 down: ## Stop the local stack started by `make up`
 	@if [ -x stack/.venv/bin/python ]; then $(STACK) down; else echo "nothing to stop"; fi
+
+##@ On a kind cluster (needs docker, kind, kubectl)
+
+.PHONY: deploy
+deploy: cluster kserve images secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService Ready
+	@echo "==> deployed: run \`make port-forward\` in another terminal, then \`make predict\`, \`make traffic\`, \`make drift\`"
+
+.PHONY: cluster
+cluster: check-kind ## Create the kind cluster CLUSTER_NAME (idempotent)
+	@echo "==> kind cluster $(CLUSTER_NAME)"
+	@$(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)' \
+		|| $(KIND) create cluster --name $(CLUSTER_NAME) --image $(KIND_NODE_IMAGE) --config kind-config.yaml --wait 120s
+	$(KUBECTL) config use-context kind-$(CLUSTER_NAME)
+
+.PHONY: kserve
+kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knative/Istio) with its sklearn runtime
+	@echo "==> cert-manager $(CERT_MANAGER_VERSION)"
+	$(KUBECTL) apply -f $(CERT_MANAGER_URL)
+	$(KUBECTL) wait --for=condition=Available deployment --all -n cert-manager --timeout=300s
+	@echo "==> KServe $(KSERVE_VERSION)"
+	$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve.yaml
+	$(KUBECTL) wait --for=condition=Available deployment/kserve-controller-manager -n kserve --timeout=300s
+	$(KUBECTL) patch configmap/inferenceservice-config -n kserve --type merge \
+		-p '{"data":{"deploy":"{\"defaultDeploymentMode\":\"Standard\"}"}}'
+	$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-cluster-resources.yaml
+	$(KUBECTL) get clusterservingruntime kserve-sklearnserver
+
+.PHONY: images
+images: check-docker check-kind ## Build the three images (tag TAG from versions.env) and load them into kind
+	@for image in $(IMAGES); do \
+		echo "==> image taxi-mlops/$$image:$(TAG)"; \
+		$(DOCKER) build -t taxi-mlops/$$image:$(TAG) $$image; \
+		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
+	done
+
+.PHONY: secret
+secret: check-kubectl ## Create the S3 credentials (random, per cluster, never in git) annotated for KServe
+	@echo "==> secret s3-credentials"
+	$(KUBECTL) apply -f manifests/base/namespace.yaml
+	@$(KUBECTL) get secret s3-credentials -n $(NAMESPACE) >/dev/null 2>&1 || \
+		$(KUBECTL) create secret generic s3-credentials -n $(NAMESPACE) \
+			--from-literal=AWS_ACCESS_KEY_ID=taxi-$$(openssl rand -hex 4) \
+			--from-literal=AWS_SECRET_ACCESS_KEY=$$(openssl rand -hex 24)
+	$(KUBECTL) annotate --overwrite secret s3-credentials -n $(NAMESPACE) \
+		serving.kserve.io/s3-endpoint=minio.$(NAMESPACE):9000 serving.kserve.io/s3-usehttps=0 \
+		serving.kserve.io/s3-region=us-east-1 serving.kserve.io/s3-verifyssl=0
+
+.PHONY: apply
+apply: check-kubectl ## Apply the manifests (MinIO, buckets, MLflow, RBAC, drift CronJob) and wait for them
+	@echo "==> manifests $(OVERLAY)"
+	$(KUBECTL) apply -k $(OVERLAY) -l 'app.kubernetes.io/component!=training'
+	$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s
+	$(KUBECTL) wait --for=condition=Complete job/buckets -n $(NAMESPACE) --timeout=300s
+
+.PHONY: train
+train: check-kubectl ## (Re)run the training Job on TRAIN_DATA/VAL_DATA: register, gate @staging, roll the InferenceService
+	@echo "==> training Job on $(TRAIN_DATA) / $(VAL_DATA) (logs: kubectl logs -n $(NAMESPACE) job/training -c train -f)"
+	$(KUBECTL) create configmap training-data -n $(NAMESPACE) --from-literal=TRAIN_DATA=$(TRAIN_DATA) \
+		--from-literal=VAL_DATA=$(VAL_DATA) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) delete job training -n $(NAMESPACE) --ignore-not-found
+	$(KUBECTL) apply -k $(OVERLAY) -l app.kubernetes.io/component=training
+	$(KUBECTL) wait --for=condition=Complete job/training -n $(NAMESPACE) --timeout=1800s \
+		|| { $(KUBECTL) logs -n $(NAMESPACE) job/training --all-containers --tail=30; exit 1; }
+	$(KUBECTL) logs -n $(NAMESPACE) job/training -c train --tail=1
+	$(KUBECTL) wait --for=condition=Ready inferenceservice/trip-duration -n $(NAMESPACE) --timeout=600s
+
+.PHONY: upload-data
+upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster's s3://data/ (for clusters without internet)
+	@test -n "$(DATA_DIR)" || { echo "set DATA_DIR to a folder of green_tripdata_YYYY-MM.parquet files"; exit 1; }
+	@$(KUBECTL) port-forward -n $(NAMESPACE) service/minio 19000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; \
+	export AWS_ENDPOINT_URL=http://localhost:19000 \
+		AWS_ACCESS_KEY_ID=$$($(KUBECTL) get secret s3-credentials -n $(NAMESPACE) -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d) \
+		AWS_SECRET_ACCESS_KEY=$$($(KUBECTL) get secret s3-credentials -n $(NAMESPACE) -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d); \
+	$(STACK) upload --to s3://data/ $(DATA_DIR)/green_tripdata_*.parquet
+	@echo "now: make train TRAIN_DATA=s3://data/green_tripdata_2022-01.parquet VAL_DATA=s3://data/green_tripdata_2022-02.parquet"
+
+.PHONY: port-forward
+port-forward: check-kubectl ## Forward localhost:LOCAL_PORT to the transformer (leave it running)
+	$(KUBECTL) port-forward -n $(NAMESPACE) service/trip-duration-transformer $(LOCAL_PORT):80
+
+.PHONY: predict
+predict: ## POST the workshop's ride to localhost:LOCAL_PORT (port-forward or `make up`)
+	curl -sS -H 'Content-Type: application/json' http://localhost:$(LOCAL_PORT)/v1/models/trip-duration:predict \
+		-d '{"ride_id": "ride_xyz", "ride": {"PULocationID": 100, "DOLocationID": 102, "trip_distance": 30}}'
+	@echo
+
+.PHONY: drift
+drift: check-kubectl ## Run the drift CronJob now and print its table
+	@job=drift-now-$$(date +%s); \
+	$(KUBECTL) create job $$job --from=cronjob/drift -n $(NAMESPACE); \
+	$(KUBECTL) wait --for=condition=Complete job/$$job -n $(NAMESPACE) --timeout=900s || true; \
+	$(KUBECTL) logs -n $(NAMESPACE) job/$$job
+
+.PHONY: undeploy
+undeploy: check-kubectl ## Delete the InferenceService and the manifests (the cluster and KServe stay)
+	$(KUBECTL) delete inferenceservice trip-duration -n $(NAMESPACE) --ignore-not-found
+	$(KUBECTL) delete -k $(OVERLAY) --ignore-not-found
+
+.PHONY: clean
+clean: check-kind ## Delete the kind cluster
+	$(KIND) delete cluster --name $(CLUSTER_NAME)
+
+.PHONY: e2e
+e2e: setup ## End-to-end tests on a real kind cluster (skipped with the reason when docker or kind are missing)
+	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="" $(PYTEST_ARGS) test_e2e.py
+
+.PHONY: check-docker check-kind check-kubectl
+check-docker:
+	@command -v $(DOCKER) >/dev/null || { echo "docker not found: install Docker (https://docs.docker.com/get-docker/)"; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "docker is installed but its engine is not running"; exit 1; }
+check-kind:
+	@command -v $(KIND) >/dev/null || { echo "kind not found: go install sigs.k8s.io/kind@latest, or see https://kind.sigs.k8s.io"; exit 1; }
+check-kubectl:
+	@command -v $(KUBECTL) >/dev/null || { echo "kubectl not found: see https://kubernetes.io/docs/tasks/tools/"; exit 1; }
 
 ##@ Development
 

@@ -280,6 +280,19 @@ def down(cfg: Config) -> None:
     path.unlink()
 
 
+def upload(to: str, files: list[Path]) -> None:
+    import boto3
+
+    bucket, _, prefix = to.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    for path in files:
+        if not path.is_file():
+            raise StackError(f"{path}: file not found")
+        key = f"{prefix.rstrip('/')}/{path.name}".lstrip("/")
+        client.upload_file(str(path), bucket, key)
+        print(f"uploaded {path} to s3://{bucket}/{key}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m stack",
@@ -296,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--url", default="http://localhost:8080")
     t.add_argument("--month", default=os.environ.get("TRAFFIC_MONTH", "2022-02"))
     t.add_argument("--rides", type=int, default=int(os.environ.get("TRAFFIC_RIDES", 3000)))
+    u = sub.add_parser("upload", help="copy local files to an s3:// prefix (endpoint and keys from AWS_* variables)")
+    u.add_argument("--to", required=True, help="s3://bucket/prefix/")
+    u.add_argument("files", nargs="+", type=Path)
     args = p.parse_args(argv)
 
     # Ctrl-C and `kill` both end in the `finally` that stops every process we started.
@@ -308,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
             up(cfg)
         elif args.command == "down":
             down(cfg)
+        elif args.command == "upload":
+            upload(args.to, args.files)
         else:
             served = traffic.replay(args.url, traffic.rides(args.month, args.rides))
             print(f"replayed {served:,} rides of {args.month} through {args.url}")
