@@ -156,7 +156,7 @@ clean: check-kind ## Delete the kind cluster
 
 .PHONY: e2e
 e2e: setup ## End-to-end tests on a real kind cluster (skipped with the reason when docker or kind are missing)
-	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="" $(PYTEST_ARGS) test_e2e.py
+	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py
 
 .PHONY: check-docker check-kind check-kubectl
 check-docker:
