@@ -47,7 +47,7 @@ up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transf
 
 .PHONY: traffic
 traffic: setup ## Replay rides of a month through the transformer on localhost (local stack or port-forward)
-	$(STACK) traffic --url http://localhost:$${TRANSFORMER_PORT:-8080}
+	$(STACK) traffic --url http://localhost:$(LOCAL_PORT)
 
 .PHONY: down
 down: ## Stop the local stack started by `make up`
@@ -187,6 +187,14 @@ test: setup ## Run the whole test suite (unit tests per component, then the blac
 	done
 	@echo "==> integration tests"
 	cd tests && .venv/bin/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: audit
+audit: setup ## pip-audit every component's lock (needs PyPI's vulnerability API or OSV)
+	@for project in $(dir $(ENVS)); do \
+		echo "==> pip-audit $$project"; \
+		$(UV) export --quiet --frozen --no-dev --no-emit-project --no-emit-local --format requirements-txt --project $$project > .audit-requirements.txt; \
+		$(UV) tool run pip-audit --disable-pip --no-deps -r .audit-requirements.txt || status=1; \
+	done; rm -f .audit-requirements.txt; exit $${status:-0}
 
 .PHONY: bench
 bench: setup ## Run the benchmarks and print their tables (results also in bench/results/)
