@@ -188,6 +188,10 @@ test: setup ## Run the whole test suite (unit tests per component, then the blac
 	@echo "==> integration tests"
 	cd tests && .venv/bin/python -m pytest $(PYTEST_ARGS)
 
+.PHONY: soak
+soak: setup ## 10 minutes of traffic with S3 restarted twice and the predictor once (not part of make test)
+	tests/.venv/bin/python bench/soak.py
+
 .PHONY: audit
 audit: setup ## pip-audit every component's lock (needs PyPI's vulnerability API or OSV)
 	@for project in $(dir $(ENVS)); do \

@@ -1,0 +1,159 @@
+"""Soak: traffic at a fixed rate through the local stack for 10 minutes while S3 is restarted twice and the
+predictor once. Checks that every accepted ride is logged exactly once (after dedup by record_id), that the
+transformer's memory stays bounded, and that 5xx answers happen only while the predictor is down.
+
+    tests/.venv/bin/python bench/soak.py [--minutes 10] [--rate 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import (  # noqa: E402
+    ROOT,
+    S3Endpoint,
+    mlflow_server,
+    read_prediction_logs,
+    start_predictor,
+    start_transformer,
+    synthetic_month,
+    train,
+)
+
+PATH = "/v1/models/trip-duration:predict"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def traffic(url: str, rate: float, seconds: float, results: list) -> None:
+    """Open loop: one request every 1/rate s, whatever the answers do, each with a unique ride id."""
+    async with httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=64)) as client:
+
+        async def one(i: int):
+            ride_id = f"soak-{i}"
+            body = {"ride_id": ride_id, "ride": {"PULocationID": 1 + i % 265, "DOLocationID": 1 + (3 * i) % 265,
+                                                  "trip_distance": round((i % 300) / 10, 1)}}  # fmt: skip
+            sent = time.monotonic()
+            try:
+                status = (await client.post(url + PATH, json=body)).status_code
+            except httpx.HTTPError:
+                status = 0
+            results.append((sent, ride_id, status))
+
+        tasks, start, i = [], time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        await asyncio.gather(*tasks)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--rate", type=float, default=40, help="requests per second (default 40)")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    args = p.parse_args()
+    seconds = args.minutes * 60
+
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    s3 = S3Endpoint(work / "s3").start()
+    s3.create_buckets()
+    procs, state = [], {}
+    try:
+        mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)
+        procs.append(mlflow_proc)
+        trained = train(mlflow_url, s3, synthetic_month(work / "m1.parquet", 2030, 1),
+                        synthetic_month(work / "m2.parquet", 2030, 2), "trip_duration").json  # fmt: skip
+        predictor, host = start_predictor(work, s3, trained["storage_uri"])
+        log_uri = "s3://predictions/soak"
+        transformer, url = start_transformer(work, s3, host, log_uri, trained["version"])
+        procs += [transformer]
+        state["predictor"] = predictor
+
+        events, memory = [], []
+
+        def chaos():
+            t0 = time.monotonic()
+
+            def at(fraction, what, action):
+                time.sleep(max(0.0, t0 + fraction * seconds - time.monotonic()))
+                action()
+                events.append((time.monotonic(), what))
+                print(f"  {time.monotonic() - t0:5.0f}s {what}", file=sys.stderr)
+
+            at(0.20, "S3 stopped", s3.stop)
+            at(0.25, "S3 started", s3.start)
+            at(0.45, "predictor stopped", lambda: state["predictor"].stop())
+            at(0.48, "predictor started", lambda: state.update(
+                predictor=start_predictor(work, s3, trained["storage_uri"], port=int(host.split(":")[1]))[0]))
+            at(0.70, "S3 stopped", s3.stop)
+            at(0.75, "S3 started", s3.start)
+
+        def sample():
+            while transformer.alive() and not done.is_set():
+                memory.append(rss_mb(transformer.proc.pid))
+                time.sleep(2)
+
+        done = threading.Event()
+        threads = [threading.Thread(target=chaos), threading.Thread(target=sample)]
+        [t.start() for t in threads]
+        results: list = []
+        asyncio.run(traffic(url, args.rate, seconds, results))
+        threads[0].join()
+        done.set()
+        transformer.stop()  # SIGTERM: flush
+        procs.remove(transformer)
+
+        stopped = next(t for t, what in events if what == "predictor stopped")
+        restarted = next(t for t, what in events if what == "predictor started")
+        accepted = {ride for _, ride, status in results if status == 200}
+        records = read_prediction_logs(s3, log_uri)
+        unique = {r["record_id"]: r["ride_id"] for r in records}
+        per_ride = Counter(unique.values())
+        errors = [(t, status) for t, _, status in results if status >= 500 or status == 0]
+        outside = [e for e in errors if not (stopped - 1 <= e[0] <= restarted + 5)]
+        report = {
+            "minutes": args.minutes,
+            "rate": args.rate,
+            "requests": len(results),
+            "accepted": len(accepted),
+            "logged_records": len(records),
+            "duplicates_before_dedup": len(records) - len(unique),
+            "accepted_missing_from_logs": len(accepted - set(per_ride)),
+            "accepted_logged_more_than_once": sum(1 for r in accepted if per_ride[r] > 1),
+            "errors_5xx_or_connection": len(errors),
+            "errors_outside_predictor_outage": len(outside),
+            "transformer_peak_rss_mb": max(memory) if memory else None,
+            "transformer_rss_first_last_mb": [memory[0], memory[-1]] if memory else None,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        ok = not report["accepted_missing_from_logs"] and not report["accepted_logged_more_than_once"] and not outside
+        sys.exit(0 if ok else 1)
+    finally:
+        for proc in [*procs, state.get("predictor")]:
+            if proc is not None:
+                proc.stop()
+        s3.stop()
+
+
+if __name__ == "__main__":
+    main()
