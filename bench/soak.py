@@ -127,8 +127,10 @@ def main() -> None:
         records = read_prediction_logs(s3, log_uri)
         unique = {r["record_id"]: r["ride_id"] for r in records}
         per_ride = Counter(unique.values())
+        t0 = results[0][0] if results else 0
         errors = [(t, status) for t, _, status in results if status >= 500 or status == 0]
         outside = [e for e in errors if not (stopped - 1 <= e[0] <= restarted + 5)]
+        timeline = {what: round(t - t0, 1) for t, what in events}
         report = {
             "minutes": args.minutes,
             "rate": args.rate,
@@ -140,6 +142,8 @@ def main() -> None:
             "accepted_logged_more_than_once": sum(1 for r in accepted if per_ride[r] > 1),
             "errors_5xx_or_connection": len(errors),
             "errors_outside_predictor_outage": len(outside),
+            "errors_outside_detail": [{"sent_s": round(t - t0, 2), "status": status} for t, status in outside[:20]],
+            "events_s": timeline,
             "transformer_peak_rss_mb": max(memory) if memory else None,
             "transformer_rss_first_last_mb": [memory[0], memory[-1]] if memory else None,
         }
