@@ -130,7 +130,7 @@ def main() -> None:
         t0 = results[0][0] if results else 0
         errors = [(t, status) for t, _, status in results if status >= 500 or status == 0]
         outside = [e for e in errors if not (stopped - 1 <= e[0] <= restarted + 5)]
-        timeline = {what: round(t - t0, 1) for t, what in events}
+        timeline = [[what, round(t - t0, 1)] for t, what in events]
         report = {
             "minutes": args.minutes,
             "rate": args.rate,
