@@ -99,7 +99,7 @@ def test_every_ride_is_logged_once_with_the_contract_fields(workdir, s3, predict
     log_uri = f"s3://predictions/{unique('logs')}"
     proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"])
     try:
-        ids = [f"log-{i}" for i in range(30)]
+        ids = [f"log-{i}" for i in range(28)] + ["../../../escape", "/abs/ride?x=1#frag"]  # keys ignore ride_id
         for ride_id in ids[:10]:
             assert post(url, ride(ride_id), headers={"x-request-id": f"rq-{ride_id}"}).status_code == 200
         assert post(url, {"instances": [ride(i) for i in ids[10:]]}).status_code == 200
@@ -116,8 +116,11 @@ def test_every_ride_is_logged_once_with_the_contract_fields(workdir, s3, predict
     assert first["request_id"] == "rq-log-0" and first["model_name"] == "trip-duration"
     assert first["model_version"] == model["version"] and first["ts"].endswith("Z")
     assert len({r["record_id"] for r in records}) == len(records)
-    keys = s3.keys("predictions", log_uri.split("/", 3)[3])
-    assert all("/model=trip-duration/date=" in k and "/hour=" in k and k.endswith(".jsonl.gz") for k in keys)
+    keys = s3.keys("predictions")
+    prefix = log_uri.split("/", 3)[3]
+    assert not [k for k in keys if "escape" in k or "abs" in k], "a ride_id shaped an object key"
+    keys = [k for k in keys if k.startswith(prefix + "/")]
+    assert keys and all("/model=trip-duration/date=" in k and "/hour=" in k and k.endswith(".jsonl.gz") for k in keys)
 
 
 def test_local_directory_destination(workdir, s3, predictor, model, tmp_path):
