@@ -156,8 +156,9 @@ def run(args) -> dict:
     )
     results = detector.test(current.frame)
     snapshot = drift.evidently_report(reference.frame, current.frame, columns)
+    distances = drift.evidently_distances(snapshot)
     for r in results:
-        r.distance, r.distance_method = drift.evidently_distances(snapshot).get(r.column, (None, None))
+        r.distance, r.distance_method = distances.get(r.column, (None, None))
     summary["columns"] = drift.as_dict(results)
     summary["drift"] = any(r.drifted for r in results)
     summary["status"] = "drift" if summary["drift"] else "ok"
