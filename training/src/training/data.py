@@ -70,7 +70,8 @@ def fetch_bytes(src: str) -> bytes:
                 src, known_hash=None, path=cache_dir(), progressbar=sys.stderr.isatty()
             )
         except Exception as e:  # requests raises many kinds; all mean "could not download"
-            raise DataError(f"{src}: download failed: {e}") from None
+            hint = " (offline? point DATA_DIR at local green_tripdata_YYYY-MM.parquet files)" if src.startswith(TLC_URL.split("{")[0]) else ""
+            raise DataError(f"{src}: download failed{hint}: {str(e)[:200]}") from None
         return Path(path).read_bytes()
     if src.startswith("s3://"):
         import fsspec
