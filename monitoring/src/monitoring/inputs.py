@@ -156,10 +156,11 @@ def _read_log_object(uri: str) -> pa.Table:
         read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, len(raw) + 1)),
         parse_options=pa_json.ParseOptions(explicit_schema=LOG_SCHEMA, unexpected_field_behavior="ignore"),
     )
-    missing = [c for c in REQUIRED_LOG_FIELDS if c not in table.column_names or table[c].null_count == len(table)]
+    # An explicit schema yields every column, in order: absent fields arrive as nulls.
+    missing = [c for c in REQUIRED_LOG_FIELDS if table[c].null_count == len(table)]
     if missing:
         raise ValueError(f"missing fields {missing}")
-    return table.select(LOG_SCHEMA.names) if set(LOG_SCHEMA.names) <= set(table.column_names) else table
+    return table
 
 
 def load_logs(
@@ -186,14 +187,15 @@ def load_logs(
             if error is not None:
                 unreadable.append(f"{key}: {str(error).splitlines()[0][:200]}")
             elif table.num_rows:
-                tables.append(table.select(LOG_SCHEMA.names) if len(table.column_names) != len(LOG_SCHEMA) else table)
+                tables.append(table)
 
     if not tables:
         frame = pd.DataFrame(columns=LOG_SCHEMA.names)
     else:
-        frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+        frame = pa.concat_tables(tables).to_pandas()
     ts = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
-    frame = frame[(ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))]
+    in_window = (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
+    frame, ts = frame[in_window], ts[in_window]
     frame = frame.dropna(subset=REQUIRED_LOG_FIELDS)
     before = len(frame)
     frame = frame.drop_duplicates("record_id")
@@ -201,7 +203,7 @@ def load_logs(
 
     versions = frame["model_version"].value_counts()
     if model_version is None and len(versions):
-        latest = frame.loc[pd.to_datetime(frame["ts"], utc=True, format="ISO8601").idxmax(), "model_version"]
+        latest = frame.loc[ts[frame.index].idxmax(), "model_version"]
         model_version = str(latest)
     others = {str(v): int(n) for v, n in versions.items() if str(v) != model_version}
     if model_version is not None:
