@@ -12,24 +12,13 @@ import pytest
 import requests
 
 from harness import free_port, run_cli, start_transformer, unique
+from stack import traffic
 
-PATH = "/v1/models/trip-duration:predict"
-
-
-def replay(url: str, frame: pd.DataFrame, prefix: str, batch: int = 100) -> list[str]:
+def replay(url: str, frame: pd.DataFrame, prefix: str) -> list[str]:
     """Send rides through the transformer the way `make traffic` does, with ride ids; return the ids."""
-    ids = []
-    for start in range(0, len(frame), batch):
-        chunk = frame.iloc[start : start + batch]
-        instances = [
-            {"ride_id": f"{prefix}-{i}", "ride": {"PULocationID": int(r.PULocationID), "DOLocationID": int(r.DOLocationID),
-                                                 "trip_distance": float(r.trip_distance)}}
-            for i, r in zip(chunk.index, chunk.itertuples())
-        ]  # fmt: skip
-        r = requests.post(url + PATH, json={"instances": instances}, timeout=30)
-        assert r.status_code == 200, r.text
-        ids += [x["ride_id"] for x in instances]
-    return ids
+    frame = frame.assign(ride_id=[f"{prefix}-{i}" for i in frame.index])
+    assert traffic.replay(url, frame, singles=0) == len(frame)
+    return frame["ride_id"].tolist()
 
 
 def rides_of(path) -> pd.DataFrame:
