@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -29,15 +29,28 @@ CURL = (
 
 @dataclass
 class Config:
-    state: Path = field(default_factory=lambda: Path(os.environ.get("STATE_DIR", ROOT / ".local")))
-    s3_port: int = int(os.environ.get("S3_PORT", 9000))
-    mlflow_port: int = int(os.environ.get("MLFLOW_PORT", 5000))
-    predictor_port: int = int(os.environ.get("PREDICTOR_PORT", 8081))
-    transformer_port: int = int(os.environ.get("TRANSFORMER_PORT", 8080))
-    train_month: str = os.environ.get("TRAIN_MONTH", "2022-01")
-    val_month: str = os.environ.get("VAL_MONTH", "2022-02")
-    traffic_month: str = os.environ.get("TRAFFIC_MONTH", "2022-02")
-    traffic_rides: int = int(os.environ.get("TRAFFIC_RIDES", 3000))
+    state: Path = ROOT / ".local"
+    s3_port: int = 9000
+    mlflow_port: int = 5000
+    predictor_port: int = 8081
+    transformer_port: int = 8080
+    train_month: str = "2022-01"
+    val_month: str = "2022-02"
+    traffic_month: str = "2022-02"
+    traffic_rides: int = 3000
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        """Each field from its upper-case environment variable (STATE_DIR for state), else the default."""
+        values = {}
+        for name, default in vars(cls()).items():
+            var = "STATE_DIR" if name == "state" else name.upper()
+            if var in os.environ:
+                try:
+                    values[name] = type(default)(os.environ[var])
+                except ValueError:
+                    raise StackError(f"{var}={os.environ[var]!r} is not a valid {type(default).__name__}") from None
+        return cls(**values)
 
     @property
     def logs(self) -> Path:
@@ -121,7 +134,6 @@ class Stack:
             processes.shutil.rmtree(cfg.state / "mlflow", ignore_errors=True)
         self.s3 = S3Endpoint(cfg.logs, port=cfg.s3_port, in_process=False)
         self.s3.start()
-        self.procs["s3"] = self.s3._server if isinstance(self.s3._server, Process) else None
         self.s3.create_buckets()
         progress(f"S3 ({self.s3.kind}) at {self.s3.url}")
 
@@ -156,15 +168,16 @@ class Stack:
         progress(f"predictor at http://{host}, transformer at {self.transformer_url}")
 
     def stop(self) -> None:
-        for name in ("transformer", "predictor", "mlflow", "s3"):
+        for name in ("transformer", "predictor", "mlflow"):
             proc = self.procs.pop(name, None)
             if proc is not None:
                 proc.stop()
-        if self.s3 is not None and self.s3.in_process:
+        if self.s3 is not None:
             self.s3.stop()
 
     def save(self) -> None:
-        state = {name: proc.proc.pid for name, proc in self.procs.items() if proc and proc.proc}
+        state = {name: proc.proc.pid for name, proc in self.procs.items()}
+        state["s3"] = self.s3.pid
         (self.cfg.state / "stack.json").write_text(json.dumps({"pids": state, "model": self.model}, indent=2))
 
     def count_logged(self) -> int:
@@ -316,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # Ctrl-C and `kill` both end in the `finally` that stops every process we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cfg = Config()
     try:
+        cfg = Config.from_env()
         if args.command == "demo":
             demo(cfg)
         elif args.command == "up":

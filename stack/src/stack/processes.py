@@ -146,6 +146,13 @@ class S3Endpoint:
         wait_until(lambda: self.client().list_buckets() is not None, f"S3 ({self.kind}) at {self.url}", timeout=30)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The server's process, when it runs as one (MinIO, or moto with in_process=False)."""
+        if not isinstance(self._server, Process):
+            raise StackError("an in-process S3 server has no pid of its own")
+        return self._server.proc.pid
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
