@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 # The model's input columns, in the order the predictor receives them (training's FEATURES).
@@ -10,6 +11,9 @@ FEATURES = ("PULocationID", "DOLocationID", "trip_distance")
 ZONE_MIN, ZONE_MAX = 1, 265
 MAX_TRIP_DISTANCE = 500.0  # miles, as in training's filter
 MAX_RIDE_ID_LENGTH = 128
+# Written with explicit code points so that Python and JSON Schema (ECMA-262, openapi.yaml) agree on them.
+RIDE_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RIDE_ID_VISIBLE = re.compile(r"[^\x00-\x20\x7f]")
 
 
 class RequestError(ValueError):
@@ -33,10 +37,12 @@ def _ride_id(value, where: str) -> str:
         value = str(value)  # the workshop sent integer ids; they are logged as strings
     if not isinstance(value, str):
         raise RequestError(f"{where}ride_id: must be a string (or an integer), got {type(value).__name__}")
-    if not value.strip():
-        raise RequestError(f"{where}ride_id: must not be empty")
     if len(value) > MAX_RIDE_ID_LENGTH:
         raise RequestError(f"{where}ride_id: longer than {MAX_RIDE_ID_LENGTH} characters")
+    if RIDE_ID_CONTROL.search(value):
+        raise RequestError(f"{where}ride_id: must not contain control characters")
+    if not RIDE_ID_VISIBLE.search(value):
+        raise RequestError(f"{where}ride_id: must not be empty or only spaces")
     return value
 
 
@@ -83,6 +89,8 @@ def parse_request(body, max_batch: int) -> tuple[list[Ride], bool]:
     if not isinstance(body, dict):
         raise RequestError('body: must be a JSON object: {"ride_id": …, "ride": {…}} or {"instances": [...]}')
     if "instances" in body:
+        if "ride_id" in body or "ride" in body:
+            raise RequestError('body: either {"ride_id", "ride"} or {"instances": [...]}, not both')
         instances = body["instances"]
         if not isinstance(instances, list):
             raise RequestError("instances: must be a list of {ride_id, ride} objects")
