@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import os
+
 import pyarrow
 import pytest
+from hypothesis import settings
 
 from harness import SHARED_DATA, S3Endpoint, mlflow_server, start_predictor, synthetic_month, train, unique
 
 # See training/cli.py: pyarrow's multi-threaded pool can abort the interpreter at exit.
 pyarrow.set_cpu_count(1)
+
+# CI replays the same examples on every run, so a red build points at the change that caused it;
+# FUZZ_EXAMPLES and a run without CI explore new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +37,7 @@ OBJECTS = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(objects=OBJECTS)
 def test_reader_never_crashes_on_malformed_objects(tmp_path_factory, objects):
     root = tmp_path_factory.mktemp("logs")
