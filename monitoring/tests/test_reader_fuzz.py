@@ -37,7 +37,11 @@ OBJECTS = st.lists(
 )
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)),  # raise it to search deeper
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(objects=OBJECTS)
 def test_reader_never_crashes_on_malformed_objects(tmp_path_factory, objects):
     root = tmp_path_factory.mktemp("logs")
