@@ -1,0 +1,25 @@
+"""TLC's monthly green-taxi files: `2022-01` names one."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_{month}.parquet"
+MONTH = re.compile(r"^\d{4}-\d{2}$")
+
+
+def resolve_month(src: str) -> str:
+    """A month `YYYY-MM` → `$DATA_DIR/green_tripdata_YYYY-MM.parquet` when that file exists, else TLC's URL.
+
+    Anything else (a path, an http(s) URL, an s3:// URI) is returned as it is.
+    """
+    if not MONTH.match(src):
+        return src
+    data_dir = os.environ.get("DATA_DIR")
+    if data_dir:
+        local = Path(data_dir) / f"green_tripdata_{src}.parquet"
+        if local.exists():
+            return str(local)
+    return TLC_URL.format(month=src)
