@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import DataError, prepare, resolve_source
+from training.data import DataError, prepare
 from training.model import build_pipeline
 from training.registry import RegistryError, to_storage_uri
 
@@ -27,12 +27,14 @@ def test_prepare_keeps_workshop_range_and_valid_features():
         PULocationID=[1, 1, 1, 1, 1, 0, 266, 5, 5],
         trip_distance=[1, 1, 1, 1, 1, 1, 1, -1, np.nan],
     )
-    out = prepare(df)
+    serving, out = prepare(df)
     assert out["duration"].tolist() == [1.0, 30.0, 60.0]
+    assert serving["duration"].tolist() == [0.5, 1.0, 30.0, 60.0, 61.0]  # what the model is served: any duration
     assert out.dtypes.to_dict() == {
         "PULocationID": np.dtype("int64"),
         "DOLocationID": np.dtype("int64"),
         "trip_distance": np.dtype("float64"),
+        "pickup_datetime": np.dtype("datetime64[ns]"),
         "duration": np.dtype("float64"),
     }
 
@@ -44,15 +46,7 @@ def test_prepare_names_missing_columns():
 
 def test_yellow_taxi_columns_are_accepted():
     df = rides(PULocationID=[1]).rename(columns=lambda c: c.replace("lpep", "tpep"))
-    assert len(prepare(df)) == 1
-
-
-def test_month_resolves_to_data_dir_copy_or_tlc(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    assert resolve_source("2022-01").startswith("https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_2022-01")
-    (tmp_path / "green_tripdata_2022-01.parquet").write_bytes(b"")
-    assert resolve_source("2022-01") == str(tmp_path / "green_tripdata_2022-01.parquet")
-    assert resolve_source("s3://data/x.parquet") == "s3://data/x.parquet"
+    assert len(prepare(df)[1]) == 1
 
 
 def test_unknown_zones_predict_without_error():

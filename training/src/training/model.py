@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
-from training.features import FEATURES, ZONE_COLUMNS
+from ride import ZONE_COLUMNS
 
 HYPERPARAMETERS = {
     "learning_rate": 0.1,
@@ -30,7 +29,7 @@ def build_pipeline(**overrides) -> Pipeline:
         max_categories=250,  # HistGradientBoosting takes at most 255 categories per feature
     )
     prep = ColumnTransformer(
-        [("zones", zones, ZONE_COLUMNS), ("distance", "passthrough", ["trip_distance"])],
+        [("zones", zones, list(ZONE_COLUMNS)), ("distance", "passthrough", ["trip_distance"])],
         verbose_feature_names_out=False,
     )
     regressor = HistGradientBoostingRegressor(
@@ -45,7 +44,3 @@ def rmse(y_true, y_pred) -> float:
 
 def mae(y_true, y_pred) -> float:
     return float(np.mean(np.abs(np.asarray(y_true) - np.asarray(y_pred))))
-
-
-def features(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[FEATURES]

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from training import model as model_lib
+from ride import FEATURES, PREDICTION, TARGET
 from training.data import Month, load_month
-from training.features import FEATURES, PREDICTION, TARGET
 from training.registry import quality_gate, storage_uri
 
 log = logging.getLogger("training")
@@ -68,7 +68,7 @@ def run(settings: TrainSettings) -> dict:
     train = load_month(settings.train_data)
     log.info("loading validation data %s", settings.val_data)
     val = load_month(settings.val_data)
-    log.info("%d training rides, %d validation rides", train.rows_used, val.rows_used)
+    log.info("%d training rides, %d validation rides (%d in its serving population)", train.rows_used, val.rows_used, len(val.serving))
 
     if settings.tracking_uri:
         mlflow.set_tracking_uri(settings.tracking_uri)
@@ -76,8 +76,9 @@ def run(settings: TrainSettings) -> dict:
     client = MlflowClient()
 
     pipeline = model_lib.build_pipeline(**(settings.hyperparameters or {}))
-    x_train, y_train = train.frame[FEATURES], train.frame[TARGET]
-    x_val, y_val = val.frame[FEATURES], val.frame[TARGET]
+    features = list(FEATURES)
+    x_train, y_train = train.frame[features], train.frame[TARGET]
+    x_val, y_val = val.frame[features], val.frame[TARGET]
 
     # MLflow prints run links on stdout, whose last line is the result JSON.
     with contextlib.redirect_stdout(sys.stderr), mlflow.start_run() as active:
@@ -89,6 +90,7 @@ def run(settings: TrainSettings) -> dict:
                 **{k: v for k, v in pipeline[-1].get_params().items() if k != "categorical_features"},
                 **data_params("train", train),
                 **data_params("val", val),
+                "reference_rows": len(val.serving),
             }
         )
         started = time.perf_counter()
@@ -103,7 +105,9 @@ def run(settings: TrainSettings) -> dict:
         mlflow.log_metrics(metrics)
         log.info("rmse %.3f, mae %.3f on %s (%.1fs to fit)", metrics["rmse"], metrics["mae"], val.source, training_time)
 
-        reference = x_val.assign(**{PREDICTION: predictions, TARGET: y_val.to_numpy()})
+        # The drift reference is what the model will be served: every ride of the validation month it would
+        # score, whatever the trip took, with its prediction and (for error metrics) its actual duration.
+        reference = val.serving.assign(**{PREDICTION: pipeline.predict(val.serving[features])})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
             reference.to_parquet(path, index=False)
