@@ -5,8 +5,9 @@ import json
 import pytest
 
 from transformer.logsink import LocalDestination, PredictionLog
+from ride import Ride
 from transformer.predictor import MicroBatcher, infer_request
-from transformer.validation import RequestError, Ride, parse_request
+from transformer.validation import Rejected, RequestError, parse_request
 
 
 def body(**ride):
@@ -24,13 +25,22 @@ def test_single_and_batch_parse_to_rides():
     [
         (body(PULocationID=266), "ride.PULocationID: must be a zone id 1-265, got 266"),
         (body(trip_distance=float("inf")), "ride.trip_distance: must be a finite number"),
-        ({"instances": [body(), body(DOLocationID=None)]}, "instances[1].ride.DOLocationID"),
         ({"instances": [body()] * 11}, "11 rides, more than the maximum of 10"),
+        ({"instances": "x"}, "instances: must be a list"),
     ],
 )
-def test_errors_name_the_field_and_index(payload, message):
+def test_unusable_requests_name_the_field(payload, message):
     with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_request(payload, 10)
+
+
+def test_a_bad_ride_in_a_batch_is_its_own_result():
+    items, batch = parse_request({"instances": [body(), body(DOLocationID=None), {**body(), "ride_id": ""}, 7]}, 10)
+    assert batch and items[0] == Ride("r", 1, 2, 1.5)
+    assert [type(i) for i in items[1:]] == [Rejected] * 3
+    assert items[1].ride_id == "r" and str(items[1].error).startswith("ride.DOLocationID")
+    assert items[2].ride_id is None and items[3].ride_id is None
+    assert [i.error.reason for i in items[1:]] == ["DOLocationID", "ride_id", "instance"]
 
 
 def test_v2_request_carries_typed_named_columns_and_pandas_content_type():

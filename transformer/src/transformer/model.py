@@ -1,18 +1,22 @@
-"""The transformer: rides in, validated; one V2 call to the predictor; durations out, each ride logged."""
+"""The transformer: rides in, validated; one V2 call to the predictor; durations out, each scored ride logged."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import kserve
 from kserve.errors import InvalidInput
+from prometheus_client import Counter
 
+import ride
+from ride import Ride
 from transformer.logsink import PredictionLog
 from transformer.predictor import MicroBatcher, call_predictor
-from transformer.validation import RequestError, Ride, parse_request
+from transformer.validation import Rejected, RequestError, parse_request
+
+SCORED = Counter("rides_scored", "Rides scored and logged")
+REJECTED = Counter("rides_rejected", "Rides refused (400, or an error item in a batch), by the field at fault", ["reason"])
 
 
 @dataclass
@@ -23,70 +27,70 @@ class Settings:
     batch_wait_seconds: float = 0.001
 
 
-def log_records(settings: Settings, rides: list[Ride], durations: list[float], request_id: str, latency_ms: float):
-    ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return [
-        {
-            "record_id": uuid.uuid4().hex,
-            "ride_id": ride.ride_id,
-            "request_id": request_id,
-            "ts": ts,
-            "model_name": settings.model_name,
-            "model_version": settings.model_version,
-            "PULocationID": ride.PULocationID,
-            "DOLocationID": ride.DOLocationID,
-            "trip_distance": ride.trip_distance,
-            "prediction": duration,
-            "latency_ms": round(latency_ms, 3),
-        }
-        for ride, duration in zip(rides, durations)
-    ]
-
-
 class TripDurationTransformer(kserve.Model):
     def __init__(self, settings: Settings, prediction_log: PredictionLog):
-        super().__init__(settings.model_name, return_response_headers=True)
+        super().__init__(settings.model_name)
         self.settings = settings
         self.prediction_log = prediction_log
         self.batcher = MicroBatcher(self._call, settings.max_batch_size, settings.batch_wait_seconds)
         self.ready = True
 
-    def validate(self, payload):
-        return payload  # preprocess has validated every ride already
-
     async def preprocess(self, payload, headers=None):
         if isinstance(payload, (bytes, str)):  # kserve leaves non-JSON content types undecoded
+            REJECTED.labels("body").inc()
             raise InvalidInput("body: send JSON with Content-Type: application/json")
         try:
-            rides, batch = parse_request(payload, self.settings.max_batch_size)
+            items, batch = parse_request(payload, self.settings.max_batch_size)
         except RequestError as e:
+            REJECTED.labels(e.reason).inc()
             raise InvalidInput(str(e)) from None
-        return {"rides": rides, "batch": batch}
+        return {"items": items, "batch": batch}
 
     async def _call(self, rides: list[Ride], headers: dict) -> list[float]:
         config = self.predictor_config
         return await call_predictor(self._http_client, config.predictor_base_url, self.name, rides, headers)
 
-    async def predict(self, payload, headers=None, response_headers=None):
-        rides, batch = payload["rides"], payload["batch"]
+    async def predict(self, payload, headers=None):
+        items, batch = payload["items"], payload["batch"]
+        rides = [item for item in items if isinstance(item, Ride)]
         request_id = (headers or {}).get("x-request-id", "")
         forward = {"x-request-id": request_id} if request_id else {}
         started = time.perf_counter()
-        if batch:
+        if not rides:
+            durations = []
+        elif batch:
             durations = await self._call(rides, forward)
         else:
             durations = await self.batcher.predict(rides, forward)
         latency_ms = (time.perf_counter() - started) * 1000
-        self.prediction_log.add(log_records(self.settings, rides, durations, request_id, latency_ms))
+        self._log(rides, durations, request_id, latency_ms)
 
         version = self.settings.model_version
-        if batch:
-            return {
-                "predictions": [
-                    {"ride_id": r.ride_id, "duration": d, "model_version": version} for r, d in zip(rides, durations)
-                ]
-            }
-        return {"ride_id": rides[0].ride_id, "prediction": {"duration": durations[0]}, "model_version": version}
+        if not batch:
+            return {"ride_id": rides[0].ride_id, "prediction": {"duration": durations[0]}, "model_version": version}
+        scored = iter(durations)
+        results = []
+        for item in items:
+            if isinstance(item, Rejected):
+                REJECTED.labels(item.error.reason).inc()
+                results.append({"error": str(item.error)} if item.ride_id is None else {"ride_id": item.ride_id, "error": str(item.error)})
+            else:
+                results.append({"ride_id": item.ride_id, "duration": next(scored), "model_version": version})
+        return {"predictions": results, "errors": len(items) - len(rides)}
+
+    def _log(self, rides: list[Ride], durations: list[float], request_id: str, latency_ms: float) -> None:
+        if not rides:
+            return
+        ts = ride.utc_timestamp()
+        s = self.settings
+        self.prediction_log.add(
+            [
+                ride.log_record(r, d, model_name=s.model_name, model_version=s.model_version, request_id=request_id,
+                                ts=ts, latency_ms=latency_ms)
+                for r, d in zip(rides, durations)
+            ]  # fmt: skip
+        )
+        SCORED.inc(len(rides))
 
     def stop(self):
         self.prediction_log.flush()

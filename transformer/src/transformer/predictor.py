@@ -8,7 +8,7 @@ from typing import Awaitable, Callable, Sequence
 import httpx
 from kserve import InferInput, InferRequest
 
-from transformer.validation import FEATURES, Ride
+from ride import FEATURES, Ride
 
 # KServe's sklearn runtime builds a typed DataFrame from all named inputs only when the request says so;
 # without it the model would get inputs[0] alone.
