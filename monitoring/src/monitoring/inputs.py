@@ -1,4 +1,5 @@
-"""What the drift job compares: the reference set and the current window (prediction logs or rides)."""
+"""What the drift job compares: the rides served in a window (prediction logs, or a table of rides) and the
+reference of the model version that served them."""
 
 from __future__ import annotations
 
@@ -14,32 +15,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+import ride
 from monitoring import storage
+from ride import PREDICTION, RIDE_ID, TARGET
 
-FEATURES = ["PULocationID", "DOLocationID", "trip_distance"]
-ZONES = ["PULocationID", "DOLocationID"]
-PREDICTION = "prediction"
-TARGET = "duration"
-ZONE_MIN, ZONE_MAX = 1, 265
-MAX_TRIP_DISTANCE = 500.0
-
-LOG_SCHEMA = pa.schema(
-    [
-        ("record_id", pa.string()),
-        ("ride_id", pa.string()),
-        ("request_id", pa.string()),
-        ("ts", pa.string()),
-        ("model_name", pa.string()),
-        ("model_version", pa.string()),
-        ("PULocationID", pa.int64()),
-        ("DOLocationID", pa.int64()),
-        ("trip_distance", pa.float64()),
-        ("prediction", pa.float64()),
-        ("latency_ms", pa.float64()),
-    ]
-)
-REQUIRED_LOG_FIELDS = ["record_id", "ts", "model_version", *FEATURES, PREDICTION]
-PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/")
+ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+LOG_SCHEMA = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in ride.LOG_FIELDS.items()])
+REQUIRED_LOG_FIELDS = ["record_id", "ts", "model_version", *ride.FEATURES, PREDICTION]
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
+REFERENCE_ARTIFACT = "reference/reference.parquet"
 
 
 class InputError(Exception):
@@ -48,21 +32,31 @@ class InputError(Exception):
 
 @dataclass
 class Reference:
-    frame: pd.DataFrame  # FEATURES [+ prediction] [+ duration]
+    frame: pd.DataFrame  # the serving population: features [+ prediction] [+ duration] [+ pickup_datetime]
     source: str
     model_version: str | None = None
-    training_rmse: float | None = None
+    validation_rmse: float | None = None
 
 
 @dataclass
 class Current:
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # served rides: features [+ prediction, model_version, ride_id]
     source: str
-    model_version: str | None = None
     objects: int = 0
     unreadable: list[str] = field(default_factory=list)
     duplicates: int = 0
-    other_versions: dict = field(default_factory=dict)
+
+    def versions(self) -> list[str | None]:
+        """Model versions in the window, the newest (last scored) first; [None] for a table of rides."""
+        if "model_version" not in self.frame.columns:
+            return [None]
+        last = self.frame.groupby("model_version")["ts"].max().sort_values(ascending=False)
+        return [str(v) for v in last.index]
+
+    def of_version(self, version: str | None) -> pd.DataFrame:
+        if version is None:
+            return self.frame
+        return self.frame[self.frame["model_version"] == version].reset_index(drop=True)
 
 
 def read_table(src: str) -> pd.DataFrame:
@@ -83,67 +77,82 @@ def read_table(src: str) -> pd.DataFrame:
     raise InputError(f"{src}: unknown format (expected .parquet, .csv or .csv.gz)")
 
 
-def clean_rides(df: pd.DataFrame, src: str) -> pd.DataFrame:
-    """Rides with valid features; a TLC month also gets its duration, kept within training's 1-60 min."""
-    missing = [c for c in FEATURES if c not in df.columns]
-    if missing:
-        raise InputError(f"{src}: missing columns {', '.join(missing)}")
-    out = pd.DataFrame({c: pd.to_numeric(df[c], errors="coerce") for c in FEATURES})
-    for extra in (PREDICTION, TARGET, "ride_id"):
-        if extra in df.columns:
-            out[extra] = df[extra]
-    pickup = next((c for c in ("lpep_pickup_datetime", "tpep_pickup_datetime") if c in df.columns), None)
-    dropoff = next((c for c in ("lpep_dropoff_datetime", "tpep_dropoff_datetime") if c in df.columns), None)
-    keep = (
-        out["PULocationID"].between(ZONE_MIN, ZONE_MAX)
-        & out["DOLocationID"].between(ZONE_MIN, ZONE_MAX)
-        & out["trip_distance"].between(0, MAX_TRIP_DISTANCE)
-    )
-    if pickup and dropoff and TARGET not in out:
-        out[TARGET] = (pd.to_datetime(df[dropoff]) - pd.to_datetime(df[pickup])).dt.total_seconds() / 60
-        keep &= out[TARGET].between(1, 60)
-    out = out[keep].reset_index(drop=True)
-    return out.astype({"PULocationID": "int64", "DOLocationID": "int64", "trip_distance": "float64"})
-
-
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
-
-
-def load_reference(src: str, tracking_uri: str | None, logged_version: str | None) -> Reference:
-    match = MODEL_URI.match(src)
-    if not match:
-        return Reference(clean_rides(read_table(src), src), src)
-
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    name, alias, version = match["name"], match["alias"], match["version"] or logged_version
+def serving_rides(table: pd.DataFrame, src: str, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rides of a table the transformer would score (a TLC month is treated like any other table)."""
     try:
-        if alias:
-            mv = client.get_model_version_by_alias(name, alias)
-        elif version:
+        return ride.serving_population(table, src, keep)
+    except ride.SourceError as e:
+        raise InputError(str(e)) from None
+
+
+class ReferenceResolver:
+    """`--reference`: a table of rides (one reference for every version), or a model in the registry (each logged
+    version judged against its own reference: the validation rides it was trained with)."""
+
+    def __init__(self, src: str, tracking_uri: str | None):
+        self.src = src
+        self.tracking_uri = tracking_uri
+        self.model = MODEL_URI.match(src)
+        self._cache: dict[str | None, Reference] = {}
+
+    @property
+    def pinned_version(self) -> str | None:
+        """The one version an alias or version URI names (its logs are judged, others are left out)."""
+        if not self.model or not (self.model["alias"] or self.model["version"]):
+            return None
+        if self.model["version"]:
+            return self.model["version"]
+        client = self._client()
+        try:
+            return str(client.get_model_version_by_alias(self.model["name"], self.model["alias"]).version)
+        except Exception as e:
+            raise InputError(f"{self.src}: {_first_line(e)}") from None
+
+    def for_version(self, version: str | None) -> Reference:
+        if version not in self._cache:
+            self._cache[version] = self._load(version)
+        return self._cache[version]
+
+    def _client(self):
+        import mlflow
+        from mlflow import MlflowClient
+
+        if self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)
+        return MlflowClient()
+
+    def _load(self, version: str | None) -> Reference:
+        if not self.model:
+            return Reference(serving_rides(read_table(self.src), self.src), self.src)
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        name = self.model["name"]
+        version = self.model["version"] or version or self.pinned_version
+        if version is None:
+            raise InputError(f"{self.src}: name a version or alias, or give prediction logs that carry model_version")
+        client = self._client()
+        try:
             mv = client.get_model_version(name, version)
-        else:
-            raise InputError(f"{src}: name a version or alias, or give prediction logs that carry model_version")
-        rmse = client.get_run(mv.run_id).data.metrics.get("rmse")
-        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="reference/reference.parquet")
-    except MlflowException as e:
-        raise InputError(f"{src}: {e.message.splitlines()[0]}") from None
-    except OSError as e:
-        raise InputError(f"{src}: cannot download the reference artifact: {e}") from None
-    frame = clean_rides(pd.read_parquet(local), src)
-    return Reference(frame, f"{src} (version {mv.version}, run {mv.run_id})", str(mv.version), rmse)
+            rmse = client.get_run(mv.run_id).data.metrics.get("rmse")
+            local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=REFERENCE_ARTIFACT)
+        except MlflowException as e:
+            raise InputError(f"{self.src} (version {version}): {_first_line(e)}") from None
+        except OSError as e:
+            raise InputError(f"{self.src} (version {version}): cannot download the reference artifact: {e}") from None
+        frame = serving_rides(pd.read_parquet(local), f"{self.src} version {version}")
+        return Reference(frame, f"models:/{name}/{mv.version} (run {mv.run_id})", str(mv.version), rmse)
+
+
+def _first_line(e: Exception) -> str:
+    return (getattr(e, "message", None) or str(e)).splitlines()[0]
 
 
 def _in_window(key: str, since: datetime, until: datetime) -> bool:
-    m = PARTITION.search(key)
+    m = ride.LOG_KEY.search(key)
     if not m:
         return True  # not partitioned: decide by the records' ts
-    hour = datetime.fromisoformat(f"{m[1]}T{m[2]}:00:00+00:00")
+    hour = datetime.fromisoformat(f"{m['date']}T{m['hour']}:00:00+00:00")
     return since - timedelta(hours=1) < hour < until
 
 
@@ -163,9 +172,7 @@ def _read_log_object(uri: str) -> pa.Table:
     return table
 
 
-def load_logs(
-    prefix: str, since: datetime, until: datetime, model_version: str | None = None, threads: int = 16
-) -> Current:
+def load_logs(prefix: str, since: datetime, until: datetime, threads: int = 16) -> Current:
     try:
         keys = [k for k in storage.list_prefix(prefix) if k.endswith((".jsonl", ".jsonl.gz"))]
     except FileNotFoundError as e:
@@ -189,53 +196,42 @@ def load_logs(
             elif table.num_rows:
                 tables.append(table)
 
-    if not tables:
-        frame = pd.DataFrame(columns=LOG_SCHEMA.names)
-    else:
-        frame = pa.concat_tables(tables).to_pandas()
-    ts = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
-    in_window = (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
-    frame, ts = frame[in_window], ts[in_window]
+    frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=LOG_SCHEMA.names)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
+    frame = frame[(frame["ts"] >= pd.Timestamp(since)) & (frame["ts"] < pd.Timestamp(until))]
     frame = frame.dropna(subset=REQUIRED_LOG_FIELDS)
     before = len(frame)
     frame = frame.drop_duplicates("record_id")
     duplicates = before - len(frame)
-
-    versions = frame["model_version"].value_counts()
-    if model_version is None and len(versions):
-        latest = frame.loc[ts[frame.index].idxmax(), "model_version"]
-        model_version = str(latest)
-    others = {str(v): int(n) for v, n in versions.items() if str(v) != model_version}
-    if model_version is not None:
-        frame = frame[frame["model_version"] == model_version]
-    frame = clean_rides(frame.reset_index(drop=True), prefix)
-    return Current(frame, prefix, model_version, len(keys), unreadable, duplicates, others)
+    rides = serving_rides(frame.reset_index(drop=True), prefix, keep=("model_version", "ts"))
+    return Current(rides, prefix, len(keys), unreadable, duplicates)
 
 
-def load_current(src: str, since: datetime, until: datetime, model_version: str | None) -> Current:
+def load_current(src: str, since: datetime, until: datetime) -> Current:
     if src.lower().endswith((".parquet", ".csv", ".csv.gz")):
-        return Current(clean_rides(read_table(src), src), src)
-    return load_logs(src, since, until, model_version)
+        return Current(serving_rides(read_table(src), src), src)
+    return load_logs(src, since, until)
 
 
 def load_actuals(src: str) -> pd.DataFrame:
-    df = read_table(src)
-    if "ride_id" not in df.columns:
+    table = read_table(src)
+    if RIDE_ID not in table.columns:
         raise InputError(f"{src}: actuals need a ride_id column (and duration, or TLC pick-up/drop-off times)")
-    if TARGET not in df.columns:
-        df = clean_rides(df, src)
-    out = df[["ride_id", TARGET]].dropna()
-    out["ride_id"] = out["ride_id"].astype(str)
-    return out.drop_duplicates("ride_id")
+    if TARGET not in table.columns:
+        table = serving_rides(table, src)
+        if TARGET not in table.columns:
+            raise InputError(f"{src}: actuals need a duration column, or TLC pick-up and drop-off times")
+    out = table[[RIDE_ID, TARGET]].dropna()
+    out[RIDE_ID] = out[RIDE_ID].astype(str)
+    return out.drop_duplicates(RIDE_ID, keep="last")
 
 
 def performance(current: pd.DataFrame, actuals: pd.DataFrame) -> dict:
-    joined = current.assign(ride_id=current["ride_id"].astype(str)).merge(actuals, on="ride_id", how="inner")
-    if joined.empty:
-        return {"n_joined": 0}
-    error = joined[PREDICTION] - joined[TARGET]
-    return {
-        "n_joined": int(len(joined)),
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "mae": float(np.mean(np.abs(error))),
-    }
+    """Live error on the window's rides whose actual duration is known and within training's 1-60 minutes."""
+    joined = current.assign(ride_id=current[RIDE_ID].astype(str)).merge(actuals, on=RIDE_ID, how="inner")
+    learnable = ride.learnable(joined)
+    out = {"n_with_actuals": int(len(joined)), "n_joined": int(len(learnable))}
+    if learnable.empty:
+        return out
+    error = learnable[PREDICTION] - learnable[TARGET]
+    return {**out, "rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
