@@ -61,7 +61,11 @@ def run_cli(component: str, *args: str, env: dict | None = None, timeout: float 
 def synthetic_month(
     path: Path, year: int, month: int, n: int = 3000, seed: int = 0, noise_only: bool = False
 ) -> Path:
-    """A small TLC-shaped green-taxi month whose duration depends on zones and distance."""
+    """A small TLC-shaped green-taxi month whose duration depends on zones and distance.
+
+    Odd rides included, as in TLC's own months: short hops with zero distance, trips that end before they start
+    or run for hours, odometer glitches of thousands of miles, and pick-ups outside the month.
+    """
     rng = np.random.default_rng(seed)
     pu = rng.integers(1, 60, n)
     do = rng.integers(1, 60, n)
@@ -71,6 +75,15 @@ def synthetic_month(
         minutes = rng.uniform(1, 60, n)
     minutes = np.clip(minutes, 1.2, 59)
     start = pd.Timestamp(year=year, month=month, day=1) + pd.to_timedelta(rng.integers(0, 27 * 86400, n), unit="s")
+    odd = rng.random(n)
+    hop = odd < 0.025  # a ride cancelled at the kerb: same zone, no distance, under a minute
+    do, distance, minutes = np.where(hop, pu, do), np.where(hop, 0.0, distance), np.where(hop, rng.uniform(0, 0.9, n), minutes)
+    minutes = np.where((odd >= 0.025) & (odd < 0.035), rng.uniform(61, 1400, n), minutes)  # the meter left running
+    minutes = np.where((odd >= 0.035) & (odd < 0.04), -rng.uniform(1, 30, n), minutes)  # drop-off before pick-up
+    glitch = (odd >= 0.04) & (odd < 0.043)
+    distance = np.where(glitch, np.round(rng.uniform(1_000, 250_000, n), 2), distance)  # odometer glitches
+    distance[rng.choice(n, 3, replace=False)] = 33884.0  # at least a few, whatever the seed
+    start = start.where(~((odd >= 0.043) & (odd < 0.044)), pd.Timestamp("2009-01-01 00:03:25"))
     frame = pd.DataFrame(
         {
             "VendorID": rng.integers(1, 3, n),
@@ -82,7 +95,7 @@ def synthetic_month(
             "DOLocationID": do.astype("int64"),
             "passenger_count": 1.0,
             "trip_distance": distance,
-            "fare_amount": np.round(3 + 2.5 * distance, 2),
+            "fare_amount": np.round(3 + 2.5 * np.minimum(distance, 100), 2),
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +113,7 @@ assert sklearn.__version__ == "1.5.2", sklearn.__version__
 files = [f for ext in ("pkl", "joblib", "pickle") for f in glob.glob(f"{sys.argv[1]}/*.{ext}")]
 assert len(files) == 1, files
 model = joblib.load(files[0])
-rows = pd.read_json(sys.stdin, orient="records")
+rows = pd.DataFrame(json.load(sys.stdin))
 print(json.dumps(model.predict(rows).tolist()))
 """
 
@@ -108,7 +121,7 @@ print(json.dumps(model.predict(rows).tolist()))
 def predict_like_kserve(model_dir, rows: pd.DataFrame) -> list[float]:
     out = subprocess.run(
         [component_python("transformer"), "-c", LOAD_LIKE_KSERVE, str(model_dir)],
-        input=rows.to_json(orient="records"),
+        input=json.dumps(rows.to_dict(orient="records")),  # exact floats: pandas' JSON rounds them
         capture_output=True,
         text=True,
         check=True,

@@ -52,12 +52,16 @@ def test_demo_runs_the_whole_loop_and_cleans_up(months, tmp_path):
     for step in range(1, 8):
         assert f"==> [{step}/7]" in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["rides_served"] == 1000 and summary["log_records"] == 1000
+    # The first 1,000 rides of the month as a dispatcher sends them: the glitches come back as errors, unlogged.
+    rejected = sum(summary["rides_rejected"].values())
+    assert summary["rides_sent"] == 1000 and summary["rides_scored"] + rejected == 1000
+    assert rejected >= 1 and set(summary["rides_rejected"]) <= {"trip_distance", "PULocationID", "DOLocationID"}
+    assert summary["log_records"] == summary["rides_scored"]
     assert summary["model_version"] == "1" and summary["storage_uri"].startswith("s3://mlflow/")
     assert summary["drift"] is False and summary["rmse"] < 3
     assert (tmp_path / "state" / "monitoring").exists() and summary["report"].endswith(tuple("0123456789Z"))
     assert os.path.exists(summary["report"] + "/report.html")
-    for line in ("model ", "storage URI", "rides served", "log records", "drift", "HTML report", "MLflow UI", "curl"):
+    for line in ("model ", "storage URI", "rides ", "scored", "rejected", "log records", "drift", "HTML report", "MLflow UI", "curl"):
         assert line in out, line
     assert "feature        test" in out  # the drift table
     for var in ("S3_PORT", "MLFLOW_PORT", "PREDICTOR_PORT", "TRANSFORMER_PORT"):

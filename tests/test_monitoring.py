@@ -11,20 +11,13 @@ import pandas as pd
 import pytest
 import requests
 
-from harness import free_port, run_cli, start_transformer, unique
+import ride
+from harness import free_port, run_cli, start_predictor, start_transformer, train, unique
 from stack import traffic
 
-def replay(url: str, frame: pd.DataFrame, prefix: str) -> list[str]:
-    """Send rides through the transformer the way `make traffic` does, with ride ids; return the ids."""
-    frame = frame.assign(ride_id=[f"{prefix}-{i}" for i in frame.index])
-    assert traffic.replay(url, frame, singles=0) == len(frame)
-    return frame["ride_id"].tolist()
-
-
-def rides_of(path) -> pd.DataFrame:
-    df = pd.read_parquet(path)
-    df["duration"] = (df.lpep_dropoff_datetime - df.lpep_pickup_datetime).dt.total_seconds() / 60
-    return df[df.duration.between(1, 60)].reset_index(drop=True)
+def replay(url: str, frame: pd.DataFrame) -> list[str]:
+    """Send rides through the transformer the way `make traffic` does; return the ids of the scored ones."""
+    return list(traffic.replay(url, frame, singles=0).scored)
 
 
 class Webhook:
@@ -48,19 +41,19 @@ class Webhook:
 
 @pytest.fixture(scope="module")
 def logs(workdir, s3, predictor, model, months):
-    """Two windows of real transformer logs: rides like the validation month, then longer trips."""
+    """Two windows of real transformer logs of raw rides in pick-up order: as they come, then with longer trips."""
     prefix = f"s3://predictions/{unique('drift')}"
     proc, url = start_transformer(workdir, s3, predictor[1], prefix, model["version"])
+    rides = traffic.rides(str(months["val"]))
     try:
-        val = rides_of(months["val"])
-        same = replay(url, val.iloc[:1500], "same")
-        longer = val.iloc[1500:3000].assign(trip_distance=lambda d: d.trip_distance * 2)
-        shifted = replay(url, longer, "long")
+        same = replay(url, rides.iloc[:1500].assign(ride_id=lambda d: "same-" + d.ride_id))
+        longer = rides.iloc[1500:].assign(ride_id=lambda d: "long-" + d.ride_id, trip_distance=lambda d: d.trip_distance * 2)
+        shifted = replay(url, longer)
     finally:
         proc.stop()  # SIGTERM flushes the prediction log
     actuals = workdir / "actuals.parquet"
-    pd.DataFrame({"ride_id": same, "duration": val.iloc[:1500]["duration"].to_numpy()}).to_parquet(actuals)
-    return {"prefix": prefix, "same": same, "shifted": shifted, "actuals": actuals}
+    rides.iloc[:1500].assign(ride_id=lambda d: "same-" + d.ride_id)[["ride_id", "duration"]].to_parquet(actuals)
+    return {"prefix": prefix, "same": same, "shifted": shifted, "actuals": actuals, "rides": rides}
 
 
 def drift(s3, mlflow_url, *args, env=None):
@@ -77,13 +70,21 @@ def test_logs_like_the_reference_are_not_drift(s3, mlflow_url, model, logs, work
     assert result.returncode == 0, result.stderr
     out = result.json
     assert out["drift"] is False and out["status"] == "ok"
-    assert out["n_current"] == 1500 and out["model_version"] == model["version"]
+    assert out["n_current"] == len(logs["same"]) and out["model_version"] == model["version"]
+    assert out["reference"].startswith(f"models:/{model['name']}/{model['version']} ")
     assert set(out["columns"]) == {"PULocationID", "DOLocationID", "trip_distance", "prediction"}
     assert out["columns"]["PULocationID"]["test"] == "chi2" and out["columns"]["trip_distance"]["test"] == "ks"
-    assert out["performance"]["n_joined"] == 1500
+    # Live error only on rides whose actual duration is one training learns from (1-60 min).
+    learnable = ride.learnable(logs["rides"].iloc[:1500].assign(ride_id=lambda d: "same-" + d.ride_id))
+    assert out["performance"]["n_with_actuals"] == len(logs["same"])
+    assert out["performance"]["n_joined"] == len(set(learnable.ride_id) & set(logs["same"])) < len(logs["same"])
     assert out["performance"]["rmse"] == pytest.approx(model["rmse"], rel=0.5)
+    assert out["calibration"]["windows"] >= 50 and set(out["calibration"]["power"]) == {"longer_trips", "moved_zones"}
     table = result.stdout.splitlines()
     assert any(line.startswith("trip_distance") and line.rstrip().endswith("no") for line in table)
+    assert any(line.startswith("live error on") and "1-60 min" in line for line in table)
+    assert any(line.startswith("thresholds from") and "contiguous windows" in line for line in table)
+    assert out["report_agrees"] is True
 
     folder = out["report"]
     assert folder.startswith(f"{report_uri}/reports/dt=")
@@ -116,17 +117,20 @@ def copy_objects(s3, source: str, dest: str, keep) -> None:
             client.put_object(Bucket=bucket, Key=dst_prefix + key[len(src_prefix) :], Body=body)
 
 
-def test_longer_trips_are_drift_alerted_and_fail_the_job(s3, mlflow_url, model, logs):
+def test_longer_trips_are_drift_alerted_and_fail_the_job(s3, mlflow_url, model, logs, tmp_path):
     hook = Webhook()
     only_long = f"{logs['prefix']}-long-copy"
     copy_objects(s3, logs["prefix"], only_long, keep=lambda rec: rec["ride_id"].startswith("long-"))
+    report_dir = tmp_path / "report"
     result = drift(s3, mlflow_url, "--reference", f"models:/{model['name']}", "--current", only_long, "--fail-on-drift",
-                   env={"ALERT_WEBHOOK_URL": hook.url})  # fmt: skip
+                   "--report-uri", str(report_dir), env={"ALERT_WEBHOOK_URL": hook.url})  # fmt: skip
     assert result.returncode == 1, result.stderr
     out = result.json
     assert out["drift"] is True
     assert out["columns"]["trip_distance"]["drifted"] and out["columns"]["prediction"]["drifted"]
-    assert "version" in out["reference"]  # models:/NAME resolved through the version in the logs
+    drifted = sum(c["drifted"] for c in out["columns"].values())
+    assert html_verdicts(out["report_html"]) == {"detected": drifted, "not detected": len(out["columns"]) - drifted}
+    assert out["reference"].startswith(f"models:/{model['name']}/{model['version']} ")  # the version in the logs
     assert len(hook.received) == 1 and hook.received[0]["drift"] is True
 
 
@@ -145,7 +149,7 @@ def test_duplicates_and_corrupt_objects_are_counted_not_fatal(s3, mlflow_url, mo
     assert result.returncode == 0, result.stderr
     assert result.json["unreadable_objects"] == 2
     assert result.json["duplicates_removed"] > 0
-    assert result.json["n_current"] == 1500
+    assert result.json["n_current"] == len(logs["same"])
     assert "skipped 2 unreadable" in result.stdout
 
 
@@ -183,25 +187,91 @@ def test_help_lists_exit_codes():
     assert result.returncode == 0 and "Exit codes" in result.stdout
 
 
-def test_real_months(real_data, s3, mlflow_url, workdir):
-    """Reference: 2022-02. Windows drawn from 2022-02 itself are not flagged; 2021-01 is.
+def test_each_version_is_judged_against_its_own_reference(workdir, s3, mlflow_url, predictor, model, months):
+    """Around a promotion a window holds two versions: each is judged against the rides it was validated on."""
+    second = train(mlflow_url, s3, months["train"], months["csv"], model["name"], "--gate-tolerance", "1000")
+    assert second.returncode == 0 and second.json["version"] != model["version"], second.stderr
+    prefix = f"s3://predictions/{unique('versions')}"
+    rides = traffic.rides(str(months["val"]))
+    for version, chunk in ((model["version"], rides.iloc[:800]), (second.json["version"], rides.iloc[800:1600])):
+        proc, url = start_transformer(workdir, s3, predictor[1], prefix, version)
+        try:
+            replay(url, chunk)
+        finally:
+            proc.stop()
+    result = drift(s3, mlflow_url, "--reference", f"models:/{model['name']}", "--current", prefix)
+    assert result.returncode == 0, result.stderr
+    judged = {v["model_version"]: v["reference"] for v in result.json["versions"]}
+    assert judged == {
+        model["version"]: f"models:/{model['name']}/{model['version']} (run {model['run_id']})",
+        second.json["version"]: f"models:/{model['name']}/{second.json['version']} (run {second.json['run_id']})",
+    }
+    assert result.json["model_version"] == second.json["version"]  # the newest first
 
-    Measured: 2021-01 (pandemic winter) against 2022-02 differs in zones and distances at every window
-    size we tried (500 to 74k rides): chi-squared and K-S p-values below 1e-9 against thresholds near 1e-3.
+    pinned = drift(s3, mlflow_url, "--reference", f"models:/{model['name']}/{model['version']}", "--current", prefix)
+    assert [v["model_version"] for v in pinned.json["versions"]] == [model["version"]]
+    assert pinned.json["left_out"][second.json["version"]]["why"] == f"not version {model['version']}"
+    assert f"left out: version {second.json['version']}" in pinned.stdout
+
+
+def test_an_unexpected_error_is_exit_2_not_drift(s3, mlflow_url, logs, tmp_path):
+    broken = tmp_path / "reference.parquet"
+    pd.DataFrame({"PULocationID": [1] * 900, "DOLocationID": [2] * 900, "trip_distance": [1.0] * 900,
+                  "prediction": ["not a number"] * 900}).to_parquet(broken)  # fmt: skip
+    result = drift(s3, mlflow_url, "--reference", str(broken), "--current", logs["prefix"], "--fail-on-drift")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_real_months_raw_windows_and_a_lockdown_month(real_data, s3, mlflow_url, workdir):
+    """Reference: 2022-02 as TLC published it. A window of its raw rides is not drift; 2021-01 (lockdown) is.
+
+    The statistics over many windows and every day of the month are in monitoring/tests/test_real_months.py
+    and, at full count, `make bench`.
     """
     ref = real_data / "green_tripdata_2022-02.parquet"
     cache = str(workdir / "calibration")
-    feb = rides_of(ref)
-    for seed in range(3):
-        window = workdir / f"feb-window-{seed}.parquet"
-        feb.sample(5000, random_state=seed).to_parquet(window)
-        result = drift(s3, mlflow_url, "--reference", str(ref), "--current", str(window), "--calibration-cache", cache)
-        assert result.returncode == 0, result.stderr
-        assert result.json["drift"] is False, result.stdout
+    feb = pd.read_parquet(ref)
+    window = workdir / "feb-window.parquet"
+    feb[list(ride.FEATURES)].sample(5000, random_state=0).to_parquet(window)
+    result = drift(s3, mlflow_url, "--reference", str(ref), "--current", str(window), "--calibration-cache", cache)
+    assert result.returncode == 0, result.stderr
+    assert result.json["drift"] is False, result.stdout
 
     old = workdir / "jan-2021-window.parquet"
-    rides_of(real_data / "green_tripdata_2021-01.parquet").sample(5000, random_state=0).to_parquet(old)
+    pd.read_parquet(real_data / "green_tripdata_2021-01.parquet").sample(5000, random_state=0).to_parquet(old)
     result = drift(s3, mlflow_url, "--reference", str(ref), "--current", str(old), "--calibration-cache", cache)
     assert result.returncode == 0, result.stderr
     assert result.json["drift"] is True
-    assert all(result.json["columns"][c]["drifted"] for c in ("PULocationID", "DOLocationID", "trip_distance"))
+    assert all(result.json["columns"][c]["drifted"] for c in ride.FEATURES)
+
+
+def test_real_traffic_end_to_end_is_not_drift_and_the_report_agrees(real_data, workdir, s3, mlflow_url):
+    """Train on 2022-01/2022-02, serve, replay 20,000 raw rides of 2022-02, judge the logs against @staging."""
+    name = unique("real_e2e")
+    trained = train(mlflow_url, s3, real_data / "green_tripdata_2022-01.parquet",
+                    real_data / "green_tripdata_2022-02.parquet", name)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    proc, host = start_predictor(workdir, s3, trained.json["storage_uri"])
+    prefix = f"s3://predictions/{unique('real')}"
+    transformer, url = start_transformer(workdir, s3, host, prefix, trained.json["version"])
+    try:
+        replayed = traffic.replay(url, traffic.rides(str(real_data / "green_tripdata_2022-02.parquet"), 20_000))
+    finally:
+        transformer.stop()
+        proc.stop()
+    assert len(replayed.scored) + sum(replayed.rejected.values()) == 20_000 and replayed.rejected["trip_distance"] > 0
+    report_dir = workdir / "real-report"
+    result = drift(s3, mlflow_url, "--reference", f"models:/{name}@staging", "--current", prefix,
+                   "--report-uri", str(report_dir))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.json
+    assert out["drift"] is False and out["n_current"] == len(replayed.scored), result.stdout
+    assert out["report_agrees"] is True
+    assert html_verdicts(out["report_html"]) == {"detected": 0, "not detected": len(out["columns"])}
+
+
+def html_verdicts(path: str) -> dict:
+    """What the report a user opens says, column by column (evidently writes 'Data drift [not] detected.')."""
+    html = open(path).read()
+    return {"detected": html.count("Data drift detected."), "not detected": html.count("Data drift not detected.")}

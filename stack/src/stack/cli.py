@@ -195,13 +195,14 @@ def demo(cfg: Config) -> dict:
     stack = Stack(cfg)
     try:
         stack.start(progress)
-        rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides, seed=1)
+        rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides or None)
         actuals = cfg.state / "actuals.parquet"
         rides[["ride_id", "duration"]].to_parquet(actuals, index=False)
-        served = traffic.replay(stack.transformer_url, rides)
+        replayed = traffic.replay(stack.transformer_url, rides)
         stack.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
         logged = stack.count_logged()
-        progress(f"replayed {served:,} rides of {cfg.traffic_month}; {logged:,} log records in {LOG_URI}")
+        progress(f"replayed the first {len(rides):,} rides of {cfg.traffic_month} as a dispatcher sends them: "
+                 f"{replayed.summary}; {logged:,} log records in {LOG_URI}")  # fmt: skip
 
         drift = run_step(
             "monitoring",
@@ -215,11 +216,14 @@ def demo(cfg: Config) -> dict:
             "rmse": stack.model["rmse"],
             "model_version": stack.model["version"],
             "storage_uri": stack.model["source"],
-            "rides_served": served,
+            "rides_sent": len(rides),
+            "rides_scored": len(replayed.scored),
+            "rides_rejected": dict(replayed.rejected),
             "log_records": logged,
             "drift": drift["json"]["drift"],
             "drift_status": drift["json"]["status"],
             "report": drift["json"]["report"],
+            "report_html": drift["json"].get("report_html"),
             "performance": drift["json"].get("performance"),
             "mlflow_ui": stack.mlflow_url,
         }
@@ -237,15 +241,18 @@ def print_summary(cfg: Config, s: dict, drift_stdout: str) -> None:
     print("=" * 30 + " taxi-mlops demo " + "=" * 30)
     print(f"model          {MODEL_NAME} version {s['model_version']} @staging, RMSE {s['rmse']:.2f} min on {cfg.val_month}")
     print(f"storage URI    {s['storage_uri']}")
-    print(f"rides served   {s['rides_served']:,} ({cfg.traffic_month}, through the transformer)")
+    rejected = sum(s["rides_rejected"].values())
+    why = ", ".join(f"{field} {n:,}" for field, n in s["rides_rejected"].items())
+    print(f"rides          {s['rides_sent']:,} of {cfg.traffic_month} sent in pick-up order: {s['rides_scored']:,} scored, "
+          f"{rejected:,} rejected" + (f" ({why})" if why else ""))  # fmt: skip
     print(f"log records    {s['log_records']:,} in {LOG_URI}")
     if perf.get("rmse"):
-        print(f"live RMSE      {perf['rmse']:.2f} min on {perf['n_joined']:,} rides with actual durations")
+        print(f"live RMSE      {perf['rmse']:.2f} min on the {perf['n_joined']:,} scored rides whose actual duration was 1-60 min")
     print(f"drift          {'YES' if s['drift'] else 'no'}")
     for line in table:
         print(f"    {line}")
-    if s["report"]:
-        print(f"HTML report    {s['report']}/report.html")
+    if s["report_html"]:
+        print(f"HTML report    {s['report_html']}")
     print(f"MLflow UI      `make up`, then open {s['mlflow_ui']}")
     print(f"try it         `make up`, then: {CURL.format(port=cfg.transformer_port)}")
     print(json.dumps(s))
@@ -320,8 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("down", help="stop what `up` started")
     t = sub.add_parser("traffic", help="replay rides of a month through a transformer")
     t.add_argument("--url", default="http://localhost:8080")
-    t.add_argument("--month", default=os.environ.get("TRAFFIC_MONTH", "2022-02"))
-    t.add_argument("--rides", type=int, default=int(os.environ.get("TRAFFIC_RIDES", 3000)))
+    t.add_argument("--month", default=os.environ.get("TRAFFIC_MONTH", "2022-02"), help="YYYY-MM or a TLC parquet file")
+    t.add_argument("--rides", type=int, default=int(os.environ.get("TRAFFIC_RIDES", 3000)),
+                   help="how many rides, from the month's first pick-up on; 0 sends every ride (default 3000)")
     u = sub.add_parser("upload", help="copy local files to an s3:// prefix (endpoint and keys from AWS_* variables)")
     u.add_argument("--to", required=True, help="s3://bucket/prefix/")
     u.add_argument("files", nargs="+", type=Path)
@@ -340,8 +348,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "upload":
             upload(args.to, args.files)
         else:
-            served = traffic.replay(args.url, traffic.rides(args.month, args.rides))
-            print(f"replayed {served:,} rides of {args.month} through {args.url}")
+            rides = traffic.rides(args.month, args.rides or None)
+            replayed = traffic.replay(args.url, rides)
+            print(f"replayed the first {len(rides):,} rides of {args.month} in pick-up order through {args.url}: "
+                  f"{replayed.summary}")
     except StackError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,68 +1,109 @@
-"""Replaying a month of real rides through the transformer, with ride ids, so the prediction logs fill."""
+"""Replaying a month of TLC rides through the transformer the way a dispatcher sends them.
+
+Every ride in pick-up order, unfiltered: short hops, meter glitches and all. Nobody knows a ride's duration
+when it is requested, so nothing is filtered on it; rides the transformer cannot score come back as errors
+and are counted by the field at fault.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-import re
 import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import requests
 
-TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_{month}.parquet"
+import ride
+
 PATH = "/v1/models/trip-duration:predict"
 
 
 def month_file(month: str) -> Path:
-    """$DATA_DIR/green_tripdata_<month>.parquet when present, else TLC's file (cached like training does)."""
-    if not re.fullmatch(r"\d{4}-\d{2}", month):
-        return Path(month)
-    data_dir = os.environ.get("DATA_DIR")
-    if data_dir and (Path(data_dir) / f"green_tripdata_{month}.parquet").exists():
-        return Path(data_dir) / f"green_tripdata_{month}.parquet"
+    """A month YYYY-MM ($DATA_DIR copy, else downloaded from TLC and cached like training does) or a file path."""
+    resolved = ride.resolve_month(month)
+    if not resolved.startswith(("http://", "https://")):
+        return Path(resolved)
     import pooch
 
     cache = Path(os.environ.get("DATA_CACHE_DIR", Path.home() / ".cache" / "taxi-mlops"))
-    return Path(pooch.retrieve(TLC_URL.format(month=month), known_hash=None, path=cache, progressbar=sys.stderr.isatty()))
+    return Path(pooch.retrieve(resolved, known_hash=None, path=cache, progressbar=sys.stderr.isatty()))
 
 
-def rides(month: str, n: int, seed: int = 0) -> pd.DataFrame:
-    """`n` valid rides of the month with a ride_id and the actual duration (for performance checks)."""
-    df = pd.read_parquet(month_file(month))
-    df["duration"] = (df.lpep_dropoff_datetime - df.lpep_pickup_datetime).dt.total_seconds() / 60
-    df = df[
-        df.duration.between(1, 60)
-        & df.PULocationID.between(1, 265)
-        & df.DOLocationID.between(1, 265)
-        & df.trip_distance.between(0, 500)
-    ]
-    label = Path(month).stem.removeprefix("green_tripdata_")
-    df = df.sample(min(n, len(df)), random_state=seed)
-    df["ride_id"] = [f"{label}-{i}" for i in df.index]
-    return df[["ride_id", "PULocationID", "DOLocationID", "trip_distance", "duration"]].reset_index(drop=True)
+def rides(month: str, n: int | None = None) -> pd.DataFrame:
+    """The month's first `n` rides (all when None) in pick-up order, as TLC recorded them, each with a ride_id.
+
+    Also the actual duration in minutes (drop-off minus pick-up, whatever it is) and the drop-off time, which a
+    dispatcher learns when the ride ends.
+    """
+    path = month_file(month)
+    table = pd.read_parquet(path)
+    pickup = next(c for c in ride.PICKUP_COLUMNS if c in table.columns)
+    dropoff = next(c for c in ride.DROPOFF_COLUMNS if c in table.columns)
+    table = table.sort_values(pickup, kind="stable")
+    if n is not None:
+        table = table.head(n)
+    label = path.stem.removeprefix("green_tripdata_")
+    return pd.DataFrame(
+        {
+            ride.RIDE_ID: [f"{label}-{i}" for i in table.index],
+            **{c: table[c].to_numpy() for c in ride.FEATURES},
+            ride.PICKUP_TIME: table[pickup].to_numpy(),
+            "dropoff_datetime": table[dropoff].to_numpy(),
+            ride.TARGET: ((table[dropoff] - table[pickup]).dt.total_seconds() / 60).to_numpy(),
+        }
+    ).reset_index(drop=True)
+
+
+def _json_value(value):
+    """What a JSON client sends: numbers as they are, a missing value (NaN) as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def instance(row) -> dict:
-    return {
-        "ride_id": row.ride_id,
-        "ride": {"PULocationID": int(row.PULocationID), "DOLocationID": int(row.DOLocationID),
-                 "trip_distance": float(row.trip_distance)},
-    }  # fmt: skip
+    return {"ride_id": row.ride_id, "ride": {c: _json_value(getattr(row, c)) for c in ride.FEATURES}}
 
 
-def replay(url: str, frame: pd.DataFrame, singles: int = 100, batch: int = 100) -> int:
-    """The first `singles` rides one request each (the workshop's way), the rest in batches. Returns rides served."""
-    served = 0
+def reason(error: str) -> str:
+    """The field at fault in an error message: `ride.trip_distance: must be …` → `trip_distance`."""
+    return error.split(":", 1)[0].rsplit(".", 1)[-1]
+
+
+@dataclass
+class Replay:
+    scored: dict[str, float] = field(default_factory=dict)  # ride_id -> predicted duration
+    rejected: Counter = field(default_factory=Counter)  # field at fault -> rides
+
+    @property
+    def summary(self) -> str:
+        why = ", ".join(f"{r} {n:,}" for r, n in self.rejected.most_common())
+        return f"{len(self.scored):,} scored, {sum(self.rejected.values()):,} rejected" + (f" ({why})" if why else "")
+
+
+def replay(url: str, frame: pd.DataFrame, singles: int = 100, batch: int = 100) -> Replay:
+    """The first `singles` rides one request each (the workshop's way), the rest in batches of `batch`."""
+    result = Replay()
+    rows = list(frame.itertuples())
     with requests.Session() as session:
-        rows = list(frame.itertuples())
         for row in rows[:singles]:
             r = session.post(url + PATH, json=instance(row), timeout=30)
+            if r.status_code == 400:
+                result.rejected[reason(r.json()["error"])] += 1
+                continue
             r.raise_for_status()
-            served += 1
+            result.scored[row.ride_id] = r.json()["prediction"]["duration"]
         for start in range(singles, len(rows), batch):
             chunk = rows[start : start + batch]
             r = session.post(url + PATH, json={"instances": [instance(x) for x in chunk]}, timeout=60)
             r.raise_for_status()
-            served += len(chunk)
-    return served
+            for row, item in zip(chunk, r.json()["predictions"]):
+                if "error" in item:
+                    result.rejected[reason(item["error"])] += 1
+                else:
+                    result.scored[row.ride_id] = item["duration"]
+    return result
