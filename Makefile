@@ -23,7 +23,7 @@ CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/downlo
 KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 COMPONENTS := training transformer monitoring
-ENVS := $(addsuffix /pyproject.toml,$(COMPONENTS) stack tests)
+ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) stack tests)
 STACK := stack/.venv/bin/python -m stack
 PYTEST_ARGS ?=
 
@@ -83,7 +83,7 @@ kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knat
 images: check-docker check-kind ## Build the three images (tag TAG from versions.env) and load them into kind
 	@for image in $(IMAGES); do \
 		echo "==> image taxi-mlops/$$image:$(TAG)"; \
-		$(DOCKER) build -t taxi-mlops/$$image:$(TAG) $$image; \
+		$(DOCKER) build -f $$image/Dockerfile -t taxi-mlops/$$image:$(TAG) .; \
 		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
 	done
 
@@ -179,7 +179,7 @@ setup: ## Install uv if missing and sync every environment from its lock file
 
 .PHONY: test
 test: setup ## Run the whole test suite (unit tests per component, then the black-box tests)
-	@for component in $(COMPONENTS); do \
+	@for component in ride $(COMPONENTS); do \
 		if [ -d $$component/tests ]; then \
 			echo "==> unit tests: $$component"; \
 			$$component/.venv/bin/python -m pytest -q $$component/tests; \

@@ -266,9 +266,10 @@ def test_dockerfiles_lint_clean_and_copy_what_exists():
         lint = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout
         text = dockerfile.read_text()
-        for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):  # the build context is the repository root
             for source in line.split()[:-1]:
-                assert (ROOT / component / source).exists(), f"{component}/Dockerfile copies missing {source}"
+                assert (ROOT / source).exists(), f"{component}/Dockerfile copies missing {source}"
+        assert re.search(r"^COPY ride ", text, re.M), f"{component}/Dockerfile must copy the shared ride package"
         entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M)[1])
         assert entrypoint == ["python", "-m", component]
         assert re.search(r"^USER \d+", text, re.M), "images run as a numeric non-root user"
@@ -289,7 +290,7 @@ def test_make_deploy_shows_the_whole_sequence_without_side_effects():
         "kserve.yaml",
         "defaultDeploymentMode",
         "kserve-cluster-resources.yaml",
-        "docker build -t taxi-mlops/$image:dev",
+        "docker build -f $image/Dockerfile -t taxi-mlops/$image:dev .",
         "kind load docker-image",
         "create secret generic s3-credentials",
         "apply -k manifests/overlays/kind",
