@@ -39,10 +39,12 @@ def rendered(request):
 
 
 def render_isvc(storage_uri="s3://mlflow/1/models/m-0123/artifacts", version="7", **env) -> dict:
+    """`render-isvc` in the environment the training Job gives it (TRANSFORMER_IMAGE as the overlay sets it)."""
+    env = {"PATH": "/usr/bin:/bin", "TRANSFORMER_IMAGE": "taxi-mlops/transformer:dev", **env}
     out = subprocess.run(
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", storage_uri,
          "--model-version", version],
-        capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True, text=True, check=True, env=env,
     ).stdout  # fmt: skip
     return yaml.safe_load(out)
 
@@ -82,10 +84,11 @@ def test_drift_cronjob_contract(rendered):
     assert "--reference=models:/trip_duration@staging" in args and "--log-to-mlflow" in args
 
 
-def test_training_role_allows_exactly_inferenceservice_get_create_patch(rendered):
+def test_training_role_allows_exactly_inferenceservice_get_create_patch_and_deployment_get(rendered):
     role = next(d for d in rendered if d["kind"] == "Role")
     assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
-                              "verbs": ["get", "create", "patch"]}]  # fmt: skip
+                              "verbs": ["get", "create", "patch"]},
+                             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]  # fmt: skip
 
 
 def test_transformer_image_flows_from_kustomize_images_into_the_job(rendered):
@@ -142,7 +145,8 @@ EXPECTED_ISVC = {
         "name": "trip-duration",
         "namespace": "taxi-mlops",
         "labels": {"app.kubernetes.io/part-of": "taxi-mlops", "networking.kserve.io/visibility": "cluster-local"},
-        "annotations": {"serving.kserve.io/deploymentMode": "Standard", "taxi-mlops/model-version": "7"},
+        "annotations": {"serving.kserve.io/deploymentMode": "Standard", "taxi-mlops/model-version": "7",
+                        "taxi-mlops/render-hash": "<16 hex digits>"},
     },
     "predictor": {
         "serviceAccountName": "kserve-s3",
@@ -168,10 +172,13 @@ def semantic(isvc: dict) -> dict:
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         return f"secret {ref['name']}/{ref['key']}" if ref else e["value"]
 
+    annotations = isvc["metadata"]["annotations"]
+    if re.fullmatch(r"[0-9a-f]{16}", annotations.get("taxi-mlops/render-hash", "")):
+        annotations = {**annotations, "taxi-mlops/render-hash": "<16 hex digits>"}
     return {
         "apiVersion": isvc["apiVersion"],
         "kind": isvc["kind"],
-        "metadata": isvc["metadata"],
+        "metadata": {**isvc["metadata"], "annotations": annotations},
         "predictor": {
             "serviceAccountName": predictor["serviceAccountName"],
             "model": {k: v for k, v in predictor["model"].items() if k != "resources"},
@@ -185,8 +192,27 @@ def semantic(isvc: dict) -> dict:
 
 
 def test_rendered_inferenceservice_means_exactly_this():
-    isvc = render_isvc(TRANSFORMER_IMAGE="taxi-mlops/transformer:dev")
-    assert semantic(isvc) == EXPECTED_ISVC
+    assert semantic(render_isvc()) == EXPECTED_ISVC
+
+
+def test_the_render_hash_changes_with_what_the_deployments_would_run():
+    """`training deploy` waits until both Deployments' pod templates carry the hash of the render it applied."""
+    def render_hash(**kw):
+        return render_isvc(**kw)["metadata"]["annotations"]["taxi-mlops/render-hash"]
+
+    same = render_hash()
+    assert render_hash() == same
+    assert len({same, render_hash(version="8"), render_hash(TRANSFORMER_IMAGE="taxi-mlops/transformer:t-124"),
+                render_hash(storage_uri="s3://mlflow/1/models/m-0124/artifacts")}) == 4  # fmt: skip
+
+
+def test_render_isvc_without_the_job_environment_says_what_is_missing():
+    proc = subprocess.run(
+        [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "s3://m/1", "--model-version", "1"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: TRANSFORMER_IMAGE is not set")
 
 
 def test_rendering_refuses_a_non_s3_uri():
