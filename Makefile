@@ -13,7 +13,12 @@ KIND ?= kind
 DOCKER ?= docker
 CLUSTER_NAME ?= taxi-mlops
 NAMESPACE := taxi-mlops
-OVERLAY := manifests/overlays/kind
+OVERLAY ?= manifests/overlays/kind
+# Generated, git-ignored: $(OVERLAY) with every image tagged TAG (`make overlay`).
+BUILD_DIR ?= .build
+TAGGED_OVERLAY := $(BUILD_DIR)/overlay
+# kustomize takes only relative paths to other kustomizations.
+OVERLAY_FROM_TAGGED = $(shell $(PYTHON) -c 'import os, sys; print(os.path.relpath(*sys.argv[1:]))' $(OVERLAY) $(TAGGED_OVERLAY))
 IMAGES := training transformer monitoring
 LOCAL_PORT ?= 8080
 # Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
@@ -56,33 +61,45 @@ down: ## Stop the local stack started by `make up`
 ##@ On a kind cluster (needs docker, kind, kubectl)
 
 .PHONY: deploy
-deploy: cluster kserve images secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService Ready
+deploy: cluster kserve images secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
 	@echo "==> deployed: run \`make port-forward\` in another terminal, then \`make predict\`, \`make traffic\`, \`make drift\`"
 
 .PHONY: cluster
-cluster: check-kind ## Create the kind cluster CLUSTER_NAME (idempotent)
+cluster: check-kind ## Create the kind cluster CLUSTER_NAME from the pinned node image (idempotent)
 	@echo "==> kind cluster $(CLUSTER_NAME)"
 	@$(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)' \
 		|| $(KIND) create cluster --name $(CLUSTER_NAME) --image $(KIND_NODE_IMAGE) --config kind-config.yaml --wait 120s
 	$(KUBECTL) config use-context kind-$(CLUSTER_NAME)
 
+# Upstream's order, step by step: each object reaches the API server only once what admits it is there.
+# cert-manager's webhook is Available before cainjector has given the API server its CA: wait for the CA too.
+# kserve.yaml has no Namespace and holds a ClusterStorageContainer next to its CRD: namespace and CRDs first.
+# kserve-cluster-resources.yaml is admitted by llmisvc-controller-manager's webhook: every Deployment first.
+# The shipped config says Serverless (Knative): Standard is patched in before any InferenceService is admitted.
 .PHONY: kserve
-kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knative/Istio) with its sklearn runtime
+kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knative/Istio) in upstream's order, each step waited for
 	@echo "==> cert-manager $(CERT_MANAGER_VERSION)"
 	$(KUBECTL) apply -f $(CERT_MANAGER_URL)
+	$(KUBECTL) wait --for=condition=Established crd --all --timeout=120s
 	$(KUBECTL) wait --for=condition=Available deployment --all -n cert-manager --timeout=300s
+	$(KUBECTL) wait --for=jsonpath='{.webhooks[0].clientConfig.caBundle}' --timeout=120s \
+		validatingwebhookconfiguration/cert-manager-webhook mutatingwebhookconfiguration/cert-manager-webhook
 	@echo "==> KServe $(KSERVE_VERSION)"
+	$(KUBECTL) create namespace kserve --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-crds.yaml
+	$(KUBECTL) wait --for=condition=Established crd --all --timeout=120s
 	$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve.yaml
-	$(KUBECTL) wait --for=condition=Available deployment/kserve-controller-manager -n kserve --timeout=300s
 	$(KUBECTL) patch configmap/inferenceservice-config -n kserve --type merge \
 		-p '{"data":{"deploy":"{\"defaultDeploymentMode\":\"Standard\"}"}}'
+	$(KUBECTL) wait --for=condition=Established crd --all --timeout=120s
+	$(KUBECTL) wait --for=condition=Available deployment --all -n kserve --timeout=300s
 	$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_URL)/kserve-cluster-resources.yaml
 	$(KUBECTL) get clusterservingruntime kserve-sklearnserver
 
 .PHONY: images
-images: check-docker check-kind ## Build the three images (tag TAG from versions.env) and load them into kind
+images: check-docker check-kind check-tag ## Build the three images tagged TAG (versions.env, or TAG=…) and load them into kind
+	@echo "==> images $(IMAGES), tag $(TAG)"
 	@for image in $(IMAGES); do \
-		echo "==> image taxi-mlops/$$image:$(TAG)"; \
 		$(DOCKER) build -f $$image/Dockerfile -t taxi-mlops/$$image:$(TAG) .; \
 		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
 	done
@@ -93,30 +110,38 @@ secret: check-kubectl ## Create the S3 credentials (random, per cluster, never i
 	$(KUBECTL) apply -f manifests/base/namespace.yaml
 	@$(KUBECTL) get secret s3-credentials -n $(NAMESPACE) >/dev/null 2>&1 || \
 		$(KUBECTL) create secret generic s3-credentials -n $(NAMESPACE) \
-			--from-literal=AWS_ACCESS_KEY_ID=taxi-$$(openssl rand -hex 4) \
-			--from-literal=AWS_SECRET_ACCESS_KEY=$$(openssl rand -hex 24)
+			"--from-literal=AWS_ACCESS_KEY_ID=taxi-$$(openssl rand -hex 4)" \
+			"--from-literal=AWS_SECRET_ACCESS_KEY=$$(openssl rand -hex 24)"
 	$(KUBECTL) annotate --overwrite secret s3-credentials -n $(NAMESPACE) \
 		serving.kserve.io/s3-endpoint=minio.$(NAMESPACE):9000 serving.kserve.io/s3-usehttps=0 \
 		serving.kserve.io/s3-region=us-east-1 serving.kserve.io/s3-verifyssl=0
 
+.PHONY: overlay
+overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged TAG (git-ignored, rewritten each time)
+	@mkdir -p $(TAGGED_OVERLAY)
+	@printf '%s\n' '# Written by `make overlay` from TAG; not in git.' \
+		'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+		'resources: [$(OVERLAY_FROM_TAGGED)]' 'images:' \
+		$(foreach image,$(IMAGES),'  - {name: taxi-mlops/$(image), newTag: "$(TAG)"}') \
+		> $(TAGGED_OVERLAY)/kustomization.yaml
+
 .PHONY: apply
-apply: check-kubectl ## Apply the manifests (MinIO, buckets, MLflow, RBAC, drift CronJob) and wait for them
-	@echo "==> manifests $(OVERLAY)"
-	$(KUBECTL) apply -k $(OVERLAY) -l 'app.kubernetes.io/component!=training'
+apply: check-kubectl overlay ## Apply the manifests (MinIO, buckets, MLflow, RBAC, drift CronJob) and wait for them
+	@echo "==> manifests $(OVERLAY), tag $(TAG)"
+	$(KUBECTL) apply -k $(TAGGED_OVERLAY) -l 'app.kubernetes.io/component!=training'
 	$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s
-	$(KUBECTL) wait --for=condition=Complete job/buckets -n $(NAMESPACE) --timeout=300s
+	@$(call wait-job,buckets,300)
 
 .PHONY: train
-train: check-kubectl ## (Re)run the training Job on TRAIN_DATA/VAL_DATA: register, gate @staging, roll the InferenceService
+train: check-kubectl overlay ## (Re)run the training Job on TRAIN_DATA/VAL_DATA: register, gate @staging, roll the InferenceService
 	@echo "==> training Job on $(TRAIN_DATA) / $(VAL_DATA) (logs: kubectl logs -n $(NAMESPACE) job/training -c train -f)"
 	$(KUBECTL) create configmap training-data -n $(NAMESPACE) --from-literal=TRAIN_DATA=$(TRAIN_DATA) \
 		--from-literal=VAL_DATA=$(VAL_DATA) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) delete job training -n $(NAMESPACE) --ignore-not-found
-	$(KUBECTL) apply -k $(OVERLAY) -l app.kubernetes.io/component=training
-	$(KUBECTL) wait --for=condition=Complete job/training -n $(NAMESPACE) --timeout=1800s \
-		|| { $(KUBECTL) logs -n $(NAMESPACE) job/training --all-containers --tail=30; exit 1; }
+	$(KUBECTL) apply -k $(TAGGED_OVERLAY) -l app.kubernetes.io/component=training
+	@$(call wait-job,training,1800)
 	$(KUBECTL) logs -n $(NAMESPACE) job/training -c train --tail=1
-	$(KUBECTL) wait --for=condition=Ready inferenceservice/trip-duration -n $(NAMESPACE) --timeout=600s
+	$(KUBECTL) wait --for=condition=Ready inferenceservice/trip-duration -n $(NAMESPACE) --timeout=60s
 
 .PHONY: upload-data
 upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster's s3://data/ (for clusters without internet)
@@ -139,33 +164,57 @@ predict: ## POST the workshop's ride to localhost:LOCAL_PORT (port-forward or `m
 	@echo
 
 .PHONY: drift
-drift: check-kubectl ## Run the drift CronJob now and print its table
+drift: check-kubectl ## Run the drift CronJob now and print its table (exit 1 when the Job fails)
 	@job=drift-now-$$(date +%s); \
 	$(KUBECTL) create job $$job --from=cronjob/drift -n $(NAMESPACE); \
-	$(KUBECTL) wait --for=condition=Complete job/$$job -n $(NAMESPACE) --timeout=900s || true; \
+	$(call wait-job,$$job,900); \
 	$(KUBECTL) logs -n $(NAMESPACE) job/$$job
 
+# Kept: the namespace, MinIO's and MLflow's volumes (labelled app.kubernetes.io/component=data) and the Secret,
+# which no manifest holds. `make deploy` afterwards finds them again.
 .PHONY: undeploy
-undeploy: check-kubectl ## Delete the InferenceService and the manifests (the cluster and KServe stay)
+undeploy: check-kubectl overlay ## Delete the InferenceService and the workloads; keep MinIO's and MLflow's data and the Secret (`make clean` wipes)
+	@echo "==> deleting InferenceService trip-duration and every object of $(OVERLAY) except the namespace and the volumes"
+	@echo "    kept: namespace $(NAMESPACE), PersistentVolumeClaims minio-data and mlflow-db, Secret s3-credentials"
 	$(KUBECTL) delete inferenceservice trip-duration -n $(NAMESPACE) --ignore-not-found
-	$(KUBECTL) delete -k $(OVERLAY) --ignore-not-found
+	$(KUBECTL) delete -k $(TAGGED_OVERLAY) -l 'app.kubernetes.io/component!=data' --ignore-not-found
 
 .PHONY: clean
-clean: check-kind ## Delete the kind cluster
+clean: check-kind ## Delete the kind cluster, and with it every object and all data
 	$(KIND) delete cluster --name $(CLUSTER_NAME)
+	rm -rf $(BUILD_DIR)
 
 .PHONY: e2e
 e2e: setup ## End-to-end tests on a real kind cluster (skipped with the reason when docker or kind are missing)
 	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py
 
-.PHONY: check-docker check-kind check-kubectl
+# $(call wait-job,NAME,SECONDS): wait up to SECONDS for Job NAME to complete, looking for its Failed condition
+# every 10 s; a Job that fails or does not complete in time prints its logs and stops make.
+define wait-job
+status="did not complete within $(2)s"; \
+for elapsed in $$(seq 10 10 $(2)); do \
+	if $(KUBECTL) wait --for=condition=Complete job/$(1) -n $(NAMESPACE) --timeout=10s >/dev/null 2>&1; then status=complete; break; fi; \
+	if $(KUBECTL) wait --for=condition=Failed job/$(1) -n $(NAMESPACE) --timeout=0s >/dev/null 2>&1; then status=failed; break; fi; \
+done; \
+if [ "$$status" != complete ]; then \
+	echo "job/$(1) $$status; its logs:" >&2; \
+	$(KUBECTL) logs -n $(NAMESPACE) job/$(1) --all-containers --prefix --tail=40 >&2 || true; \
+	exit 1; \
+fi
+endef
+
+.PHONY: check-docker check-kind check-kubectl check-tag
 check-docker:
 	@command -v $(DOCKER) >/dev/null || { echo "docker not found: install Docker (https://docs.docker.com/get-docker/)"; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "docker is installed but its engine is not running"; exit 1; }
 check-kind:
-	@command -v $(KIND) >/dev/null || { echo "kind not found: go install sigs.k8s.io/kind@latest, or see https://kind.sigs.k8s.io"; exit 1; }
+	@command -v $(KIND) >/dev/null || { echo "kind not found: install kind $(KIND_VERSION): go install sigs.k8s.io/kind@$(KIND_VERSION), or see https://kind.sigs.k8s.io/docs/user/quick-start/#installation"; exit 1; }
+	@installed=$$($(KIND) version | awk '{print $$2}'); [ "$$installed" = "$(KIND_VERSION)" ] || \
+		echo "warning: kind $$installed is installed, versions.env pins $(KIND_VERSION), for which $(KIND_NODE_IMAGE) is built: go install sigs.k8s.io/kind@$(KIND_VERSION)" >&2
 check-kubectl:
 	@command -v $(KUBECTL) >/dev/null || { echo "kubectl not found: see https://kubernetes.io/docs/tasks/tools/"; exit 1; }
+check-tag:
+	@[[ "$(TAG)" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$$ ]] || { echo "TAG=$(TAG) is not an image tag: letters, digits, _ . - (at most 128)"; exit 1; }
 
 ##@ Development
 

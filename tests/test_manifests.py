@@ -18,11 +18,21 @@ from harness import ROOT, component_python
 SCHEMAS = ROOT.parent / "shared" / "schemas" / "kserve"
 OVERLAYS = sorted(p.parent for p in (ROOT / "manifests" / "overlays").glob("*/kustomization.yaml"))
 COMPONENTS = ("training", "transformer", "monitoring")
+TAG = "t-123"  # not versions.env's: a tag that reaches every image reference came from TAG
 
 
 def kustomize(path: Path) -> list[dict]:
     out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def kustomize_tagged(
+    build_dir: Path, overlay: Path = ROOT / "manifests" / "overlays" / "kind", tag: str = TAG
+) -> list[dict]:
+    """What `make apply` applies: the overlay wrapped by `make overlay` with TAG."""
+    subprocess.run(["make", "-s", "overlay", f"BUILD_DIR={build_dir}", f"OVERLAY={overlay.relative_to(ROOT)}", f"TAG={tag}"],
+                   cwd=ROOT, check=True, capture_output=True)  # fmt: skip
+    return kustomize(build_dir / "overlay")
 
 
 def containers(doc: dict) -> list[dict]:
@@ -34,15 +44,17 @@ def containers(doc: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=[p.name for p in OVERLAYS])
-def rendered(request):
-    return kustomize(request.param)
+def rendered(request, tmp_path_factory):
+    return kustomize_tagged(tmp_path_factory.mktemp("build"), request.param)
 
 
 def render_isvc(storage_uri="s3://mlflow/1/models/m-0123/artifacts", version="7", **env) -> dict:
+    """`render-isvc` in the environment the training Job gives it (TRANSFORMER_IMAGE as the overlay sets it)."""
+    env = {"PATH": "/usr/bin:/bin", "TRANSFORMER_IMAGE": f"taxi-mlops/transformer:{TAG}", **env}
     out = subprocess.run(
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", storage_uri,
          "--model-version", version],
-        capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True, text=True, check=True, env=env,
     ).stdout  # fmt: skip
     return yaml.safe_load(out)
 
@@ -70,7 +82,7 @@ def test_containers_are_locked_down(rendered):
             assert sc.get("readOnlyRootFilesystem") is True, where
             assert c.get("resources", {}).get("limits") and c["resources"].get("requests"), where
             if c["image"].startswith("taxi-mlops/"):
-                assert c["imagePullPolicy"] == "IfNotPresent" and c["image"].endswith(":dev"), where
+                assert c["imagePullPolicy"] == "IfNotPresent" and c["image"].endswith(f":{TAG}"), where
 
 
 def test_drift_cronjob_contract(rendered):
@@ -82,17 +94,74 @@ def test_drift_cronjob_contract(rendered):
     assert "--reference=models:/trip_duration@staging" in args and "--log-to-mlflow" in args
 
 
-def test_training_role_allows_exactly_inferenceservice_get_create_patch(rendered):
+def test_training_role_allows_exactly_inferenceservice_get_create_patch_and_deployment_get(rendered):
     role = next(d for d in rendered if d["kind"] == "Role")
     assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
-                              "verbs": ["get", "create", "patch"]}]  # fmt: skip
+                              "verbs": ["get", "create", "patch"]},
+                             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]  # fmt: skip
 
 
-def test_transformer_image_flows_from_kustomize_images_into_the_job(rendered):
+def job_env(rendered: list[dict], container: str = "deploy") -> dict:
     job = next(d for d in rendered if d["kind"] == "Job" and d["metadata"]["name"] == "training")
-    deploy = next(c for c in containers(job) if c["name"] == "deploy")
-    env = {e["name"]: e.get("value") for e in deploy["env"]}
-    assert env["TRANSFORMER_IMAGE"] == "taxi-mlops/transformer:dev"
+    deploy = next(c for c in containers(job) if c["name"] == container)
+    return {e["name"]: e["value"] for e in deploy["env"] if "value" in e}
+
+
+def test_one_tag_reaches_every_image_reference(rendered):
+    """TAG flows one way: `make … TAG=…` → `make overlay` → kustomize images: → the Job's TRANSFORMER_IMAGE →
+    the InferenceService it renders; `make images` builds and loads the same tag."""
+    ours = [c["image"] for d in rendered for c in containers(d) if c["image"].startswith("taxi-mlops/")]
+    assert {i.split(":")[0] for i in ours} == {f"taxi-mlops/{c}" for c in COMPONENTS}
+    assert {i.split(":")[1] for i in ours} == {TAG}
+    env = job_env(rendered)
+    assert env["TRANSFORMER_IMAGE"] == f"taxi-mlops/transformer:{TAG}"
+    isvc = render_isvc(**{k: v for k, v in env.items() if k in ("TRANSFORMER_IMAGE", "HOME")})
+    assert isvc["spec"]["transformer"]["containers"][0]["image"] == f"taxi-mlops/transformer:{TAG}"
+    built = subprocess.run(
+        ["make", "-n", "images", f"TAG={TAG}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"docker build -f $image/Dockerfile -t taxi-mlops/$image:{TAG} ." in built
+    assert f"kind load docker-image taxi-mlops/$image:{TAG}" in built
+
+
+def test_no_tracked_file_but_versions_env_names_a_tag_of_our_images():
+    tracked = subprocess.run(["git", "ls-files", "manifests", "training/src", "Makefile"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    pinned = [
+        f for f in tracked if re.search(r"taxi-mlops/(training|transformer|monitoring):[\w.]", (ROOT / f).read_text())
+    ]
+    assert pinned == []
+    assert re.search(r"^TAG=[\w.-]+$", (ROOT / "versions.env").read_text(), re.M)
+
+
+def test_render_isvc_without_the_job_environment_says_what_is_missing():
+    proc = subprocess.run(
+        [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "s3://m/1", "--model-version", "1"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: TRANSFORMER_IMAGE is not set")
+
+
+@pytest.mark.parametrize("tag", ["a/b", "-x", "v 2"])
+def test_a_tag_docker_cannot_use_is_one_clear_line(tag, tmp_path):
+    proc = subprocess.run(
+        ["make", "-s", "overlay", f"BUILD_DIR={tmp_path}", f"TAG={tag}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (
+        proc.returncode != 0
+        and proc.stdout.strip() == f"TAG={tag} is not an image tag: letters, digits, _ . - (at most 128)"
+    )
+    assert not (tmp_path / "overlay").exists()
+
+
+def test_kind_drift_job_looks_every_10_minutes_at_the_last_hour(tmp_path):
+    """The README's claim, and what makes `make drift` right after `make traffic` see exactly that traffic."""
+    docs = kustomize_tagged(tmp_path)
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    config = next(d["data"] for d in docs if d["kind"] == "ConfigMap")
+    assert cron["spec"]["schedule"] == "*/10 * * * *" and config["DRIFT_WINDOW"] == "1h"
+    assert "--window=$(DRIFT_WINDOW)" in containers(cron)[0]["args"]
 
 
 def image_component(image: str) -> str | None:
@@ -130,7 +199,9 @@ def test_every_container_command_is_a_real_entrypoint(rendered):
             if component:
                 check_entrypoint(component, c, config)
                 checked.add((component, tuple(c.get("command", c.get("args", [])[:1]))))
-    isvc_transformer = render_isvc()["spec"]["transformer"]["containers"][0]
+    isvc_transformer = render_isvc(TRANSFORMER_IMAGE=job_env(rendered)["TRANSFORMER_IMAGE"])["spec"]["transformer"][
+        "containers"
+    ][0]
     check_entrypoint("transformer", isvc_transformer)
     assert {"training", "transformer", "monitoring"} == {c for c, _ in checked}
 
@@ -142,7 +213,8 @@ EXPECTED_ISVC = {
         "name": "trip-duration",
         "namespace": "taxi-mlops",
         "labels": {"app.kubernetes.io/part-of": "taxi-mlops", "networking.kserve.io/visibility": "cluster-local"},
-        "annotations": {"serving.kserve.io/deploymentMode": "Standard", "taxi-mlops/model-version": "7"},
+        "annotations": {"serving.kserve.io/deploymentMode": "Standard", "taxi-mlops/model-version": "7",
+                        "taxi-mlops/render-hash": "<16 hex digits>"},
     },
     "predictor": {
         "serviceAccountName": "kserve-s3",
@@ -150,7 +222,7 @@ EXPECTED_ISVC = {
                   "storageUri": "s3://mlflow/1/models/m-0123/artifacts", "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]},
     },
     "transformer": {
-        "image": "taxi-mlops/transformer:dev",
+        "image": f"taxi-mlops/transformer:{TAG}",
         "args": ["--predictor_protocol", "v2"],
         "env": {"MODEL_VERSION": "7", "PREDICTION_LOG_URI": "s3://predictions/logs", "PREDICTION_LOG_SPILL_DIR": "/spill",
                 "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "secret s3-credentials/AWS_ACCESS_KEY_ID",
@@ -168,10 +240,13 @@ def semantic(isvc: dict) -> dict:
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         return f"secret {ref['name']}/{ref['key']}" if ref else e["value"]
 
+    annotations = isvc["metadata"]["annotations"]
+    if re.fullmatch(r"[0-9a-f]{16}", annotations.get("taxi-mlops/render-hash", "")):
+        annotations = {**annotations, "taxi-mlops/render-hash": "<16 hex digits>"}
     return {
         "apiVersion": isvc["apiVersion"],
         "kind": isvc["kind"],
-        "metadata": isvc["metadata"],
+        "metadata": {**isvc["metadata"], "annotations": annotations},
         "predictor": {
             "serviceAccountName": predictor["serviceAccountName"],
             "model": {k: v for k, v in predictor["model"].items() if k != "resources"},
@@ -185,8 +260,19 @@ def semantic(isvc: dict) -> dict:
 
 
 def test_rendered_inferenceservice_means_exactly_this():
-    isvc = render_isvc(TRANSFORMER_IMAGE="taxi-mlops/transformer:dev")
-    assert semantic(isvc) == EXPECTED_ISVC
+    assert semantic(render_isvc()) == EXPECTED_ISVC
+
+
+def test_the_render_hash_changes_with_what_the_deployments_would_run():
+    """`training deploy` waits until both Deployments' pod templates carry the hash of the render it applied."""
+
+    def render_hash(**kw):
+        return render_isvc(**kw)["metadata"]["annotations"]["taxi-mlops/render-hash"]
+
+    same = render_hash()
+    assert render_hash() == same
+    assert len({same, render_hash(version="8"), render_hash(TRANSFORMER_IMAGE="taxi-mlops/transformer:t-124"),
+                render_hash(storage_uri="s3://mlflow/1/models/m-0124/artifacts")}) == 4  # fmt: skip
 
 
 def test_rendering_refuses_a_non_s3_uri():
@@ -276,28 +362,34 @@ def test_dockerfiles_lint_clean_and_copy_what_exists():
         subprocess.run([component_python(component), "-m", component, "--help"], check=True, capture_output=True)
 
 
-def test_image_tag_is_one_value():
-    tag = re.search(r"^TAG=(\S+)$", (ROOT / "versions.env").read_text(), re.M)[1]
-    overlay = yaml.safe_load((ROOT / "manifests" / "overlays" / "kind" / "kustomization.yaml").read_text())
-    assert {i["newTag"] for i in overlay["images"]} == {tag}
-
-
-def test_make_deploy_shows_the_whole_sequence_without_side_effects():
-    out = subprocess.run(["make", "-n", "deploy"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def test_make_deploy_shows_the_whole_sequence_in_upstreams_order_without_side_effects(tmp_path):
+    build = tmp_path / "build"
+    out = subprocess.run(["make", "-n", "deploy", f"BUILD_DIR={build}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
     steps = [
-        "kind create cluster --name taxi-mlops",
-        "cert-manager.yaml",
-        "kserve.yaml",
+        "kind create cluster --name taxi-mlops --image kindest/node:v1.32.8@sha256:",
+        "kubectl apply -f https://github.com/cert-manager/cert-manager/releases/download/v1.17.",
+        "kubectl wait --for=condition=Established crd --all",
+        "kubectl wait --for=condition=Available deployment --all -n cert-manager",
+        "kubectl wait --for=jsonpath='{.webhooks[0].clientConfig.caBundle}'",
+        "kubectl create namespace kserve",
+        "/kserve-crds.yaml",
+        "kubectl wait --for=condition=Established crd --all",
+        "/kserve.yaml",
         "defaultDeploymentMode",
-        "kserve-cluster-resources.yaml",
+        "kubectl wait --for=condition=Available deployment --all -n kserve",
+        "/kserve-cluster-resources.yaml",
         "docker build -f $image/Dockerfile -t taxi-mlops/$image:dev .",
         "kind load docker-image",
         "create secret generic s3-credentials",
-        "apply -k manifests/overlays/kind",
+        f"apply -k {build}/overlay -l 'app.kubernetes.io/component!=training'",
         "wait --for=condition=Complete job/training",
         "wait --for=condition=Ready inferenceservice/trip-duration",
     ]
-    positions = [out.find(step) for step in steps]
-    assert -1 not in positions, [s for s, p in zip(steps, positions) if p == -1]
-    assert positions == sorted(positions), "steps out of order"
+    position = 0
+    for step in steps:
+        found = out.find(step, position)
+        assert found != -1, f"not found after position {position}: {step}"
+        position = found + len(step)
     assert "sleep" not in out
+    assert not build.exists()

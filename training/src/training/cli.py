@@ -84,13 +84,22 @@ def parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser(
         "deploy",
-        help="resolve the alias, apply its InferenceService and wait until it is Ready",
-        description="Resolve model@alias to its S3 directory and version, render the InferenceService, create or "
-        "patch it with the kubernetes client (in-cluster credentials, else ~/.kube/config) and wait for Ready.",
+        help="resolve the alias, apply its InferenceService and wait until it has rolled out",
+        description="Resolve model@alias to its S3 directory and version (or take --storage-uri/--model-version), "
+        "render the InferenceService, server-side apply it with the kubernetes client (in-cluster credentials, "
+        "else ~/.kube/config), then wait until its predictor and transformer Deployments run this render and "
+        "it is Ready.",
         epilog=isvc_epilog,
     )
+    deploy.add_argument("--storage-uri", help="the model's s3:// directory (default: resolved from the alias)")
+    deploy.add_argument("--model-version", help="its registry version (with --storage-uri)")
     deploy.add_argument("--alias", default="staging", help="(default: %(default)s)")
-    deploy.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready (default: %(default)s)")
+    deploy.add_argument(
+        "--timeout", type=float, default=600, help="seconds to wait for the rollout (default: %(default)s)"
+    )
+    deploy.add_argument(
+        "--poll", type=float, default=5, help="seconds between looks at the rollout (default: %(default)s)"
+    )
     _add_registry_args(deploy)
     return top
 
@@ -160,7 +169,7 @@ def isvc_command(args) -> dict | None:
 
     from training import isvc
 
-    if args.command == "render-isvc" and args.storage_uri:
+    if args.storage_uri:
         if not args.model_version:
             raise ValueError("--storage-uri needs --model-version")
         storage_uri, version = args.storage_uri, args.model_version
@@ -179,6 +188,6 @@ def isvc_command(args) -> dict | None:
         print(yaml.safe_dump(manifest, sort_keys=False), end="")
         return None
     logging.getLogger("training").info("applying InferenceService %s (version %s, %s)", manifest["metadata"]["name"], version, storage_uri)
-    current = isvc.apply(manifest, timeout=args.timeout)
+    current = isvc.apply(manifest, timeout=args.timeout, poll=args.poll)
     return {"name": manifest["metadata"]["name"], "version": version, "storage_uri": storage_uri,
             "url": current.get("status", {}).get("url"), "ready": True}

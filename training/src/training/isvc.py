@@ -6,11 +6,21 @@ Transformer: our image, told the model version (the SDK drops it from V2 respons
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+# Server-side apply owns the fields of the last render: a key a later render drops is removed from the object.
+FIELD_MANAGER = "taxi-mlops-deploy"
+# KServe copies the InferenceService's annotations onto its Deployments' pod templates: this one tells which
+# render a Deployment carries (KServe's own status.observedGeneration is copied from a Deployment, not ours).
+RENDER_HASH = "taxi-mlops/render-hash"
+# Standard mode: one Deployment per component, named after the InferenceService.
+COMPONENTS = ("predictor", "transformer")
+REQUEST_TIMEOUT = 30  # seconds for one API call: a stalled connection must not outlast --timeout unnoticed
 
 RESTRICTED = {
     "allowPrivilegeEscalation": False,
@@ -26,7 +36,7 @@ class IsvcSettings:
 
     name: str = field(default_factory=lambda: os.environ.get("ISVC_NAME", "trip-duration"))
     namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "taxi-mlops"))
-    transformer_image: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_IMAGE", "taxi-mlops/transformer:dev"))
+    transformer_image: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_IMAGE", ""))
     service_account: str = field(default_factory=lambda: os.environ.get("PREDICTOR_SERVICE_ACCOUNT", "kserve-s3"))
     s3_secret: str = field(default_factory=lambda: os.environ.get("S3_SECRET", "s3-credentials"))
     s3_endpoint: str = field(default_factory=lambda: os.environ.get("S3_ENDPOINT_URL", "http://minio:9000"))
@@ -41,6 +51,18 @@ def render(storage_uri: str, model_version: str, settings: IsvcSettings | None =
     s = settings or IsvcSettings()
     if not storage_uri.startswith("s3://"):
         raise ValueError(f"storage URI must be s3://…, got {storage_uri!r}")
+    if not s.transformer_image:
+        raise ValueError(
+            "TRANSFORMER_IMAGE is not set: the tagged transformer image, as the training Job's "
+            "environment names it (elsewhere: TRANSFORMER_IMAGE=taxi-mlops/transformer:<TAG>)"
+        )
+    manifest = _manifest(storage_uri, model_version, s)
+    rendered = json.dumps(manifest, sort_keys=True).encode()
+    manifest["metadata"]["annotations"][RENDER_HASH] = hashlib.sha256(rendered).hexdigest()[:16]
+    return manifest
+
+
+def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
@@ -118,9 +140,11 @@ def ready(isvc: dict) -> tuple[bool, str]:
 
 
 def apply(manifest: dict, timeout: float = 600, poll: float = 5) -> dict:
-    """Create or patch the InferenceService, then wait for Ready; raise naming what it waited for."""
+    """Server-side apply the InferenceService, then wait until its Deployments carry this render and have rolled
+    out and it is Ready; raise naming what it waited for."""
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
 
     try:
         config.load_incluster_config()
@@ -129,35 +153,70 @@ def apply(manifest: dict, timeout: float = 600, poll: float = 5) -> dict:
             config.load_kube_config()
         except config.ConfigException as e:
             raise DeployError(f"no Kubernetes credentials (in-cluster or ~/.kube/config): {e}") from None
-    api = client.CustomObjectsApi()
+    api = client.ApiClient()
     try:
-        return _apply(api, manifest, timeout, poll)
+        return _apply(client.CustomObjectsApi(api), client.AppsV1Api(api), manifest, timeout, poll)
     except ApiException as e:
         raise DeployError(f"Kubernetes API: {e.status} {e.reason}: {(e.body or '')[:300]}") from None
+    except HTTPError as e:
+        raise DeployError(f"Kubernetes API at {api.configuration.host} unreachable: {e}") from None
 
 
-def _apply(api, manifest: dict, timeout: float, poll: float) -> dict:
+def _apply(custom, apps, manifest: dict, timeout: float, poll: float) -> dict:
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, manifest,
+        field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
+        _request_timeout=REQUEST_TIMEOUT,
+    )  # fmt: skip
+    annotations = manifest["metadata"]["annotations"]
+    wanted, version = annotations[RENDER_HASH], annotations["taxi-mlops/model-version"]
+    deadline = time.monotonic() + timeout
+    while True:
+        current = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+        )
+        waiting = [w for c in COMPONENTS if (w := _rollout(apps, namespace, f"{name}-{c}", wanted))]
+        is_ready, message = ready(current)
+        if not is_ready:
+            waiting.append(f"InferenceService not Ready: {message}")
+        if not waiting:
+            return current
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"InferenceService {namespace}/{name} (version {version}) not rolled out after {timeout:.0f}s: "
+                + "; ".join(waiting)
+            )
+        time.sleep(poll)
+
+
+def _rollout(apps, namespace: str, name: str, wanted: str) -> str | None:
+    """What deployment `name` still lacks to serve render `wanted` (None: rolled out), as `kubectl rollout status`
+    judges it; raise when it can no longer progress."""
     from kubernetes.client.rest import ApiException
 
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     try:
-        api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        api.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, manifest, _content_type="application/merge-patch+json"
+        response = apps.read_namespaced_deployment(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
         )
     except ApiException as e:
-        if e.status != 404:
-            raise
-        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
-
-    wanted = manifest["metadata"]["annotations"]["taxi-mlops/model-version"]
-    attempts = int(timeout // poll) + 1
-    message = ""
-    for _ in range(attempts):
-        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        serving = current["metadata"].get("annotations", {}).get("taxi-mlops/model-version")
-        is_ready, message = ready(current)
-        if is_ready and serving == wanted and current.get("status", {}).get("observedGeneration") == current["metadata"]["generation"]:
-            return current
-        time.sleep(poll)
-    raise TimeoutError(f"InferenceService {namespace}/{name} not Ready with version {wanted} after {timeout:.0f}s: {message}")
+        if e.status == 404:
+            return f"deployment {name} not created yet"
+        raise
+    d = json.loads(response.data)
+    spec, status = d.get("spec", {}), d.get("status", {})
+    if (spec.get("template", {}).get("metadata", {}).get("annotations") or {}).get(RENDER_HASH) != wanted:
+        return f"deployment {name} does not have this render yet"
+    if status.get("observedGeneration", 0) < d["metadata"].get("generation", 0):
+        return f"deployment {name}: new spec not yet observed"
+    for c in status.get("conditions", []):
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            raise DeployError(f"deployment {namespace}/{name} exceeded its progress deadline: {c.get('message', '')}")
+    replicas, updated = spec.get("replicas", 1), status.get("updatedReplicas", 0)
+    if updated < replicas:
+        return f"deployment {name}: {updated} of {replicas} replicas updated"
+    if status.get("replicas", 0) > updated:
+        return f"deployment {name}: {status['replicas'] - updated} old replicas still running"
+    if status.get("availableReplicas", 0) < updated:
+        return f"deployment {name}: {status.get('availableReplicas', 0)} of {updated} updated replicas available"
+    return None

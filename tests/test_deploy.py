@@ -1,0 +1,270 @@
+"""`python -m training deploy` against a stand-in for the Kubernetes API server.
+
+No kube-apiserver can run here, so a small HTTP server in this file stands in for it: the kubernetes client in the
+training environment speaks real HTTP to it, and a scripted controller moves the InferenceService's Deployments
+through a rollout the way KServe's controller and the Deployment controller would. What these tests prove is what
+the deploy command sends and when it decides that the rollout is done; what the API server does with a server-side
+apply (removing fields a later render drops) is the API server's, and only the e2e tier on kind sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from harness import ROOT, component_python
+from test_manifests import kustomize
+
+NAMESPACE, NAME = "taxi-mlops", "trip-duration"
+ISVC_PATH = f"/apis/serving.kserve.io/v1beta1/namespaces/{NAMESPACE}/inferenceservices/{NAME}"
+DEPLOYMENT_PATH = re.compile(rf"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/([\w-]+)$")
+STORAGE_URI = "s3://mlflow/1/models/m-0123/artifacts"
+
+
+def deployment(name: str, render: str, generation: int = 1, observed: int = 1, replicas: int = 1,
+               updated: int = 1, available: int = 1) -> dict:  # fmt: skip
+    return {
+        "metadata": {"name": name, "namespace": NAMESPACE, "generation": generation},
+        "spec": {"replicas": 1, "template": {"metadata": {"annotations": {"taxi-mlops/render-hash": render}}}},
+        "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                   "availableReplicas": available},
+    }  # fmt: skip
+
+
+def isvc_status(ready: bool, observed: int = 1) -> dict:
+    # KServe copies observedGeneration from a Deployment: it says nothing about the InferenceService's own generation.
+    return {"observedGeneration": observed, "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                                            "message": "" if ready else "predictor not ready"}]}  # fmt: skip
+
+
+class StandIn:
+    """Serves an InferenceService and its two Deployments; each GET of the InferenceService after the apply moves the
+    scripted controller one step on. Records every request as (method, path, query, content type, body)."""
+
+    def __init__(self, before: dict | None, steps: list):
+        self.isvc = before
+        self.deployments: dict[str, dict] = {}
+        self.steps, self.step = steps, -1
+        self.requests: list[tuple] = []
+        self.lock = threading.Lock()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                stand_in.handle(self, "GET")
+
+            def do_PATCH(self):
+                stand_in.handle(self, "PATCH")
+
+            def do_POST(self):
+                stand_in.handle(self, "POST")
+
+            def do_PUT(self):
+                stand_in.handle(self, "PUT")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0))) if method != "GET" else b""
+        with self.lock:
+            self.requests.append((method, url.path, parse_qs(url.query), h.headers.get("Content-Type"), body))
+            status, answer = self.route(method, url.path, body)
+        data = json.dumps(answer).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        if path == ISVC_PATH and method == "PATCH":
+            applied = yaml.safe_load(body)
+            generation = (self.isvc or {}).get("metadata", {}).get("generation", 0) + 1
+            status = (self.isvc or {}).get("status", {})
+            self.isvc = {**applied, "metadata": {**applied["metadata"], "generation": generation}, "status": status}
+            self.step = 0
+            self.steps[0](self)
+            return 200, self.isvc
+        if path == ISVC_PATH and method == "GET":
+            if self.isvc is None:
+                return 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
+            if 0 <= self.step < len(self.steps) - 1:
+                self.step += 1
+                self.steps[self.step](self)
+            return 200, self.isvc
+        match = DEPLOYMENT_PATH.match(path)
+        if match and method == "GET":
+            found = self.deployments.get(match[1])
+            return (200, found) if found else (404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+        return 405, {"kind": "Status", "code": 405, "message": f"the stand-in does not serve {method} {path}"}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def kubeconfig(tmp_path, server: str):
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+        "clusters": [{"name": "stand-in", "cluster": {"server": server}}],
+        "users": [{"name": "job", "user": {"token": "stand-in"}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "job", "namespace": NAMESPACE}}],
+    }))  # fmt: skip
+    return path
+
+
+JOB_ENV = {"TRANSFORMER_IMAGE": "taxi-mlops/transformer:t-123", "POD_NAMESPACE": NAMESPACE}
+
+
+def deploy(tmp_path, stand_in: StandIn, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(kubeconfig(tmp_path, stand_in.url)),
+        **JOB_ENV,
+    }
+    return subprocess.run(
+        [component_python("training"), "-m", "training", "deploy", "--storage-uri", STORAGE_URI, "--model-version", "7",
+         "--poll", "0.02", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def render() -> str:
+    return subprocess.run(
+        [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", STORAGE_URI, "--model-version", "7"],
+        capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin", **JOB_ENV},
+    ).stdout  # fmt: skip
+
+
+def rendered() -> dict:
+    """What `render-isvc` prints in the training Job's environment, for the version `deploy` is given."""
+    return yaml.safe_load(render())
+
+
+NEW = rendered()["metadata"]["annotations"]["taxi-mlops/render-hash"]
+
+
+def old_version_serving(s: StandIn) -> None:
+    """Version 6 serves, rolled out and Ready; the apply has not reached the controller yet."""
+    s.deployments = {f"{NAME}-{c}": deployment(f"{NAME}-{c}", "old-render") for c in ("predictor", "transformer")}
+    s.isvc["status"] = isvc_status(True, observed=s.isvc["metadata"]["generation"])
+
+
+def transformer_template_changed(s: StandIn) -> None:
+    s.deployments[f"{NAME}-transformer"] = deployment(f"{NAME}-transformer", NEW, generation=2, observed=1)
+
+
+def transformer_surging(s: StandIn) -> None:
+    s.deployments[f"{NAME}-transformer"] = deployment(
+        f"{NAME}-transformer", NEW, 2, 2, replicas=2, updated=1, available=1
+    )
+
+
+def predictor_rolling(s: StandIn) -> None:
+    s.deployments[f"{NAME}-transformer"] = deployment(f"{NAME}-transformer", NEW, 2, 2)
+    s.deployments[f"{NAME}-predictor"] = deployment(f"{NAME}-predictor", NEW, 2, 2, replicas=1, updated=1, available=0)
+
+
+def rolled_out(s: StandIn) -> None:
+    s.deployments = {f"{NAME}-{c}": deployment(f"{NAME}-{c}", NEW, 2, 2) for c in ("predictor", "transformer")}
+
+
+@pytest.fixture
+def stand_ins():
+    started = []
+    yield lambda before, steps: started.append(StandIn(before, steps)) or started[-1]
+    for s in started:
+        s.stop()
+
+
+def test_deploy_waits_for_both_deployments_to_roll_out_though_ready_says_true_throughout(tmp_path, stand_ins):
+    before = {**rendered(), "metadata": {**rendered()["metadata"], "generation": 1}, "status": isvc_status(True)}
+    steps = [old_version_serving, old_version_serving, transformer_template_changed, transformer_surging,
+             predictor_rolling, rolled_out]  # fmt: skip
+    s = stand_ins(before, steps)
+    proc = deploy(tmp_path, s)
+    assert proc.returncode == 0, proc.stderr
+    assert s.step == len(steps) - 1, "deploy returned before the controller's rollout was over"
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["version"] == "7"
+
+
+def test_deploy_is_one_server_side_apply_with_a_field_manager_then_reads_only(tmp_path, stand_ins):
+    s = stand_ins(None, [rolled_out_and_ready])
+    proc = deploy(tmp_path, s)
+    assert proc.returncode == 0, proc.stderr
+    writes = [r for r in s.requests if r[0] != "GET"]
+    assert len(writes) == 1
+    method, path, query, content_type, body = writes[0]
+    assert (method, path, content_type) == ("PATCH", ISVC_PATH, "application/apply-patch+yaml")
+    assert query["fieldManager"] == ["taxi-mlops-deploy"] and query["force"] == ["true"]
+    assert yaml.safe_load(body) == rendered(), "the whole render is applied, so what it drops is dropped"
+
+
+def rolled_out_and_ready(s: StandIn) -> None:
+    rolled_out(s)
+    s.isvc["status"] = isvc_status(True)
+
+
+def test_deploy_timeout_is_one_line_naming_what_it_waited_for(tmp_path, stand_ins):
+    def stuck(s: StandIn) -> None:
+        s.deployments = {f"{NAME}-predictor": deployment(f"{NAME}-predictor", NEW, 2, 2),
+                         f"{NAME}-transformer": deployment(f"{NAME}-transformer", NEW, 2, 2, available=0)}  # fmt: skip
+        s.isvc["status"] = isvc_status(True)
+
+    s = stand_ins(None, [stuck])
+    proc = deploy(tmp_path, s, "--timeout", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == (f"error: InferenceService {NAMESPACE}/{NAME} (version 7) not rolled out after 1s: "
+                    f"deployment {NAME}-transformer: 0 of 1 updated replicas available")  # fmt: skip
+
+
+def test_an_unreachable_api_server_is_one_line(tmp_path, stand_ins):
+    s = stand_ins(None, [rolled_out])
+    s.stop()
+    proc = deploy(tmp_path, s, "--timeout", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: Kubernetes API at {s.url} unreachable")
+
+
+def allowed(role: dict, verb: str, group: str, resource: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in role["rules"])
+
+
+def test_the_training_role_allows_every_call_deploy_makes_and_no_more(tmp_path, stand_ins):
+    """Checked against the Role in the manifests: the first apply creates the InferenceService, so the API server
+    also asks for create (server-side apply is a patch); the rollout is read on Deployments."""
+    s = stand_ins(None, [old_version_serving, rolled_out_and_ready])
+    assert deploy(tmp_path, s).returncode == 0
+    role = next(d for d in kustomize(ROOT / "manifests" / "overlays" / "kind") if d["kind"] == "Role")
+    verbs = {"GET": "get", "PATCH": "patch"}
+    calls = {(verbs[m], "apps" if "/apps/" in p else "serving.kserve.io", p.split("/")[-2]) for m, p, *_ in s.requests}
+    calls.add(("create", "serving.kserve.io", "inferenceservices"))
+    assert calls == {("get", "apps", "deployments"), ("get", "serving.kserve.io", "inferenceservices"),
+                     ("patch", "serving.kserve.io", "inferenceservices"),
+                     ("create", "serving.kserve.io", "inferenceservices")}  # fmt: skip
+    assert [c for c in calls if not allowed(role, *c)] == []
+    granted = {
+        (v, g, r) for rule in role["rules"] for v in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert granted == calls, "the Role grants exactly what deploy uses"
