@@ -253,3 +253,4 @@ audit: setup ## pip-audit every component's lock (needs PyPI's vulnerability API
 bench: setup ## Run the benchmarks and print their tables (results also in bench/results/)
 	tests/.venv/bin/python bench/serving.py
 	tests/.venv/bin/python bench/drift.py
+	monitoring/.venv/bin/python bench/drift_calibration.py
