@@ -117,3 +117,20 @@ def test_a_month_resolves_to_the_local_copy_or_tlc(tmp_path, monkeypatch):
     assert ride.resolve_month("2022-01") == str(tmp_path / "green_tripdata_2022-01.parquet")
     assert ride.resolve_month("s3://data/x.parquet") == "s3://data/x.parquet"
     assert not math.isnan(ride.MAX_TRIP_DISTANCE)
+
+
+def test_actuals_are_read_back_one_per_ride_the_last_to_arrive_winning(tmp_path):
+    from ride.reader import read_actuals
+
+    def arrive(ts, records):
+        path = tmp_path / ride.actuals_key(ts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ride.jsonl_gz(records))
+
+    arrive("2030-01-01T10:59:59.000Z", [{"ride_id": "a", "dropoff_datetime": "x", "duration": 10.0}])
+    arrive("2030-01-01T11:00:01.000Z", [{"ride_id": "a", "dropoff_datetime": "x", "duration": 12.0},
+                                        {"ride_id": "b", "dropoff_datetime": "x", "duration": None}])  # fmt: skip
+    (tmp_path / "date=2030-01-01" / "hour=11" / "damaged.jsonl.gz").write_bytes(b"\x1f\x8b nope")
+    got = read_actuals(str(tmp_path))
+    assert got.frame.set_index("ride_id")["duration"].to_dict() == {"a": 12.0}  # b has no duration yet
+    assert got.objects == 3 and len(got.unreadable) == 1 and got.duplicates == 1

@@ -1,16 +1,21 @@
-"""The prediction log: one record per scored ride, and where it is kept.
+"""The records the system keeps in S3, as gzipped JSON lines, and where.
 
-Objects live under `<PREDICTION_LOG_URI>/model=<name>/date=YYYY-MM-DD/hour=HH/<uuid>.jsonl.gz`, partitioned by the
-UTC hour of their first record. Object names are random: no request data ever shapes a key.
+Prediction log: one record per scored ride, written by the transformer under
+`<PREDICTION_LOG_URI>/model=<name>/date=YYYY-MM-DD/hour=HH/<uuid>.jsonl.gz` (the UTC hour of the object's first
+record). Actuals: one record per finished ride, written by whatever dispatches the rides, under
+`<ACTUALS_URI>/date=YYYY-MM-DD/hour=HH/<uuid>.jsonl.gz` (the UTC hour they arrived, as Kinesis Firehose
+partitions). Object names are random: no request data ever shapes a key.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import uuid
 from datetime import datetime, timezone
 
-from ride.rules import PREDICTION, RIDE_ID, Ride
+from ride.rules import PREDICTION, RIDE_ID, TARGET, Ride
 
 # Field name -> JSON type, in the order records are written.
 LOG_FIELDS = {
@@ -26,7 +31,14 @@ LOG_FIELDS = {
     PREDICTION: float,
     "latency_ms": float,
 }
+# Late, missing and duplicate actuals are normal: the last one to arrive for a ride_id wins.
+ACTUAL_FIELDS = {
+    RIDE_ID: str,
+    "dropoff_datetime": str,  # UTC ISO-8601
+    TARGET: float,  # minutes from pick-up to drop-off, whatever they were
+}
 LOG_KEY = re.compile(r"model=(?P<model>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/[^/]+$")
+PARTITION = re.compile(r"date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/[^/]+$")
 
 
 def utc_timestamp(when: datetime | None = None) -> str:
@@ -56,3 +68,14 @@ def log_record(
 def log_key(model_name: str, ts: str) -> str:
     """The object key (below the log URI) for records whose first one was scored at `ts`."""
     return f"model={model_name}/date={ts[:10]}/hour={ts[11:13]}/{uuid.uuid4().hex}.jsonl.gz"
+
+
+def actuals_key(ts: str) -> str:
+    """The object key (below the actuals URI) for actuals that arrived at `ts`; keys sort in order of arrival."""
+    return f"date={ts[:10]}/hour={ts[11:13]}/{ts[11:].replace(':', '')}-{uuid.uuid4().hex}.jsonl.gz"
+
+
+def jsonl_gz(records: list[dict]) -> bytes:
+    """Records as one gzipped JSON-lines object."""
+    lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    return gzip.compress(lines.encode(), compresslevel=5)

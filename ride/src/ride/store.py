@@ -1,0 +1,55 @@
+"""Objects at `s3://bucket/key` or a local path: the one way every component reads and writes them.
+
+fsspec (s3fs for s3://), from the caller's environment. S3's endpoint and credentials come from the
+environment as for every AWS client: AWS_ENDPOINT_URL (MinIO, moto), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+"""
+
+from __future__ import annotations
+
+
+def _fs(uri: str):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(uri.removeprefix("file://"))
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, body: bytes) -> None:
+    fs, path = _fs(uri)
+    if not is_s3(uri):
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(body)
+
+
+def list_objects(prefix: str) -> list[str]:
+    """Every object below `prefix`, as full URIs, in order; none for an empty S3 prefix, an error for a missing folder."""
+    fs, path = _fs(prefix)
+    if not is_s3(prefix) and not fs.isdir(path):
+        raise FileNotFoundError(f"{prefix}: no such directory")
+    fs.invalidate_cache()  # s3fs keeps listings: a prefix that is being written to must be listed afresh
+    found = fs.find(path.rstrip("/") + "/") if is_s3(prefix) else fs.find(path)
+    scheme = "s3://" if is_s3(prefix) else ""
+    return sorted(f"{scheme}{p}" for p in found if not p.rsplit("/", 1)[-1].startswith("."))
+
+
+def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
+    """Many objects at once (s3fs fetches them concurrently); an object that cannot be read maps to its error."""
+    if not uris:
+        return {}
+    fs, _ = _fs(uris[0])
+    paths = {_fs(u)[1]: u for u in uris}
+    got = fs.cat(list(paths), on_error="return")
+    return {paths[p]: body for p, body in got.items()}
