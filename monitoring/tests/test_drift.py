@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import DriftTest, size_bucket
+from monitoring.drift import DriftTest, judged, size_bucket
 from ride import FEATURES, PICKUP_TIME, PREDICTION
 
 warnings.filterwarnings("ignore")
@@ -100,7 +100,7 @@ def test_calibration_is_cached_by_everything_that_changes_it(reference, tmp_path
 def test_a_window_larger_than_the_calibration_is_judged_on_an_even_sample(reference):
     detector = DriftTest(reference, COLUMNS, 50_000)
     assert detector.window_size == 10_000  # a third of the reference
-    assert len(detector.window(rides(50_000, seed=3))) == 10_000
+    assert len(judged(rides(50_000, seed=3), detector.window_size)) == 10_000
 
 
 def test_size_bucket_keeps_two_significant_digits():

@@ -8,7 +8,7 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 
-EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR, EXIT_DEGRADED = 0, 1, 2, 3
 
 
 def duration(text: str) -> timedelta:
@@ -34,9 +34,10 @@ def parser() -> argparse.ArgumentParser:
         "windows of the reference; an evidently report that shows the same verdict; live error against actual "
         "durations. Each model version in the window is judged against its own reference. Prints a table, then "
         "one line of JSON.",
-        epilog="Exit codes: 0 no drift or not enough data; 1 drift (only with --fail-on-drift); 2 error. "
-        "ALERT_WEBHOOK_URL, when set, is POSTed the summary when drift is found. S3 endpoint and "
-        "credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.",
+        epilog="Exit codes: 0 no drift and no degradation, or not enough data; 1 drift (only with --fail-on-drift); "
+        "2 error; 3 live error degraded (only with --fail-on-degradation; it wins over 1). ALERT_WEBHOOK_URL, when "
+        "set, is POSTed the summary when drift or degradation is found. S3 endpoint and credentials come from "
+        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; --retrain-cronjob uses the pod's service account.",
     )
     p.add_argument(
         "--reference",
@@ -55,7 +56,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=timestamp, help="window start (ISO-8601, UTC); overrides --window")
     p.add_argument("--until", type=timestamp, help="window end (default: now)")
     p.add_argument("--model-version", help="judge the logs of this model version only (default: every version in the window)")
-    p.add_argument("--actuals", metavar="SRC", help="parquet/csv with ride_id and duration, for live RMSE/MAE")
+    p.add_argument("--actuals", metavar="SRC",
+                   help="actual durations, for live RMSE/MAE: an actuals prefix (s3://actuals/rides or a directory; "
+                   "what arrived since the window opened) or a parquet/csv with ride_id and duration")  # fmt: skip
+    p.add_argument("--max-rmse-ratio", type=float, default=1.2,
+                   help="live RMSE over the version's validation RMSE above which its live error is degraded (default 1.2)")  # fmt: skip
+    p.add_argument("--min-actuals", type=int, default=200,
+                   help="rides with an actual duration of 1-60 min needed to judge live error or to retrain (default 200)")  # fmt: skip
+    p.add_argument("--retrain-cronjob", metavar="NAME",
+                   help="on drift or degradation of the serving version, start a Job from this suspended CronJob "
+                   "(one at a time; not during --retrain-cooldown after a rejected challenger)")  # fmt: skip
+    p.add_argument("--retrain-cooldown", type=duration, default=timedelta(hours=24),
+                   help="no retraining this long after the gate rejected a challenger (default 24h)")  # fmt: skip
     p.add_argument("--min-rides", type=int, default=200, help="a version with fewer rides is not judged (default 200)")
     p.add_argument("--false-alarm-rate", type=float, default=0.005,
                    help="on windows like the reference's: the calibrated thresholds' rate of false alarms (default 0.005)")  # fmt: skip
@@ -70,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-to-mlflow", action="store_true", help="log metrics and report to experiment trip-duration-monitoring")
     p.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is found (for alerting CronJobs)")
+    p.add_argument("--fail-on-degradation", action="store_true", help="exit 3 when live error is degraded")
     return p
 
 
@@ -102,4 +115,6 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("monitoring").debug("unexpected error", exc_info=True)
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
+    if summary["degraded"] and args.fail_on_degradation:
+        sys.exit(EXIT_DEGRADED)
     sys.exit(EXIT_DRIFT if summary["drift"] and args.fail_on_drift else EXIT_OK)

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from monitoring import storage
-from ride import FEATURES, PICKUP_TIME, PREDICTION, ZONE_COLUMNS
+from ride import store
+from ride import FEATURES, MAX_DURATION, MIN_DURATION, PICKUP_TIME, PREDICTION, TARGET, ZONE_COLUMNS
 
 log = logging.getLogger("monitoring")
 OTHER_ZONE = 0
@@ -54,6 +54,12 @@ class Calibration:
     windows: int  # how many windows the thresholds rest on
     ordered_by: str  # pick-up time, or the reference's row order when it has none
     power: dict[str, float] = field(default_factory=dict)  # shift -> share of windows flagged
+
+
+def judged(window, size: int):
+    """The rides of a window that are judged: all, or an even sample (the same rows every time) when it holds more
+    than the calibrated size. Works on a table or on one of its columns alike."""
+    return window if len(window) <= size else window.sample(size, random_state=0).reset_index(drop=True)
 
 
 def size_bucket(n: int) -> int:
@@ -182,7 +188,7 @@ class DriftTest:
         if not cache_uri:
             return None
         try:
-            return Calibration(**json.loads(storage.read_bytes(storage.join(cache_uri, f"{key}.json"))))
+            return Calibration(**json.loads(store.read_bytes(store.join(cache_uri, f"{key}.json"))))
         except Exception:  # absent or unreadable: calibrate again
             return None
 
@@ -191,18 +197,12 @@ class DriftTest:
             return
         try:
             body = json.dumps(asdict(self.calibration)).encode()
-            storage.write_bytes(storage.join(cache_uri, f"{key}.json"), body, "application/json")
+            store.write_bytes(store.join(cache_uri, f"{key}.json"), body)
         except Exception as e:  # a cache that cannot be written costs time next run, nothing else
             log.warning("could not cache the calibration at %s: %s", cache_uri, e)
 
-    def window(self, current: pd.DataFrame) -> pd.DataFrame:
-        """The rides that are judged: all of them, or an even sample when the window exceeds the calibrated size."""
-        if len(current) <= self.window_size:
-            return current
-        return current.sample(self.window_size, random_state=0).reset_index(drop=True)
-
     def test(self, current: pd.DataFrame) -> list[ColumnResult]:
-        p = self.tests.p_values(self.encode(self.window(current)))
+        p = self.tests.p_values(self.encode(judged(current, self.window_size)))
         limits = self.calibration.thresholds
         return [
             ColumnResult(c, test_name(c), float(p[i]), limits[c], bool(p[i] < limits[c])) for i, c in enumerate(self.columns)
@@ -212,16 +212,16 @@ class DriftTest:
 # -- the report ----------------------------------------------------------------------------------------------------
 
 
-def _register_evidently_tests() -> None:
-    """Evidently tests that are the job's tests: same statistic, same p-value, verdict at the calibrated threshold.
-
-    The score evidently shows is -log10(p); the threshold, -log10 of the calibrated one.
+def _register_evidently_tests(window_size: int) -> None:
+    """Evidently tests that are the job's tests: same rides, same statistic, same p-value, verdict at the calibrated
+    threshold. The score evidently shows is -log10(p); the threshold, -log10 of the calibrated one.
     """
     from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
     from evidently.legacy.core import ColumnType
 
     def make(column_type):
         def score(reference: pd.Series, current: pd.Series, _type, threshold: float):
+            current = judged(current, window_size)
             columns = ["PULocationID"] if column_type == ColumnType.Categorical else ["trip_distance"]
             p = ColumnTests(reference.to_numpy(np.float64).reshape(-1, 1), columns).p_values(
                 current.to_numpy(np.float64).reshape(-1, 1)
@@ -238,39 +238,58 @@ def _register_evidently_tests() -> None:
         register_stattest(StatTest(name, display, [column_type], default_threshold=0.0), default_impl=make(column_type))
 
 
-def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, drift_test: DriftTest):
-    """The HTML/JSON report: the same encoded data and tests as the decision, so it can only say the same."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
+def evidently_report(reference: pd.DataFrame, current: pd.DataFrame, drift_test: DriftTest,
+                     actual: pd.Series | None = None, live_error: dict | None = None):  # fmt: skip
+    """The HTML/JSON report: the decision's data, tests and thresholds, so it can only say what the job says.
 
-    _register_evidently_tests()
+    With actuals, also the live error: RMSE and MAE on the rides whose actual duration was 1-60 min (the rest
+    have no target), next to the reference's, with a test at the degradation limit when the job judged it.
+    """
+    from evidently import DataDefinition, Dataset, Regression, Report
+    from evidently.metrics import MAE, RMSE, DriftedColumnsCount, ValueDrift
+    from evidently.tests import lte
+
+    _register_evidently_tests(drift_test.window_size)
     columns = drift_test.columns
     methods = {c: "calibrated_chi2" if c in ZONE_COLUMNS else "calibrated_ks" for c in columns}
     thresholds = {c: -math.log10(t) if t > 0 else math.inf for c, t in drift_test.calibration.thresholds.items()}
-    definition = DataDefinition(
-        numerical_columns=[c for c in columns if c not in ZONE_COLUMNS],
-        categorical_columns=[c for c in columns if c in ZONE_COLUMNS],
-    )
     encode = lambda frame: pd.DataFrame(drift_test.encode(frame), columns=columns)  # noqa: E731
+    ref, cur = encode(reference), encode(current)
     # Explicit metrics and no default tests (include_tests adds checks that fail on normal runs). One drifted column
     # is drift, as in the decision: hence the tiny drift_share.
-    report = Report(
-        [ValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in columns]
-        + [DriftedColumnsCount(columns=columns, per_column_method=methods, per_column_threshold=thresholds, drift_share=1e-9)]
+    metrics = [ValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in columns]
+    metrics.append(DriftedColumnsCount(columns=columns, per_column_method=methods, per_column_threshold=thresholds,
+                                       drift_share=1e-9))  # fmt: skip
+    regression = []
+    if actual is not None and live_error and live_error.get("rmse") is not None:
+        ref[TARGET] = reference[TARGET].where(reference[TARGET].between(MIN_DURATION, MAX_DURATION)).to_numpy() \
+            if TARGET in reference else np.nan  # fmt: skip
+        cur[TARGET] = actual.to_numpy()
+        regression = [Regression(target=TARGET, prediction=PREDICTION)]
+        limit = live_error["max_rmse_ratio"] * live_error["validation_rmse"] if live_error["degraded"] is not None else None
+        metrics += [RMSE(tests=[lte(limit)] if limit else None), MAE()]
+    definition = DataDefinition(
+        numerical_columns=[c for c in cur.columns if c not in ZONE_COLUMNS],
+        categorical_columns=[c for c in columns if c in ZONE_COLUMNS],
+        regression=regression or None,
     )
-    return report.run(
-        Dataset.from_pandas(encode(drift_test.window(current)), data_definition=definition),
-        Dataset.from_pandas(encode(reference), data_definition=definition),
+    return Report(metrics).run(
+        Dataset.from_pandas(cur, data_definition=definition), Dataset.from_pandas(ref, data_definition=definition)
     )
 
 
 def report_verdicts(snapshot) -> dict[str, bool]:
-    """What the report says per column: -log10 p above its threshold means drifted."""
+    """What the report says: per column, -log10 p above its threshold means drifted; and a failed RMSE test means
+    the live error is degraded."""
+    report = snapshot.dict()
     out = {}
-    for metric in snapshot.dict()["metrics"]:
+    for metric in report["metrics"]:
         config = metric.get("config", {})
         if config.get("type", "").endswith("ValueDrift"):
             out[config["column"]] = float(metric["value"]) > float(config["threshold"])
+    for test in report.get("tests") or []:
+        if test["metric_config"]["params"]["type"].endswith("RMSE"):
+            out["live_error_degraded"] = test["status"] == "FAIL"
     return out
 
 

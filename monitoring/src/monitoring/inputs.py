@@ -3,27 +3,20 @@ reference of the model version that served them."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.json as pa_json
 
 import ride
-from monitoring import storage
-from ride import PREDICTION, RIDE_ID, TARGET
+from ride import PREDICTION, RIDE_ID, TARGET, store
+from ride.reader import read_actuals, read_predictions
+from ride.registry import REFERENCE_ARTIFACT, REJECTED_TAG
 
-ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
-LOG_SCHEMA = pa.schema([(name, ARROW_TYPES[kind]) for name, kind in ride.LOG_FIELDS.items()])
-REQUIRED_LOG_FIELDS = ["record_id", "ts", "model_version", *ride.FEATURES, PREDICTION]
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
-REFERENCE_ARTIFACT = "reference/reference.parquet"
 
 
 class InputError(Exception):
@@ -62,7 +55,7 @@ class Current:
 def read_table(src: str) -> pd.DataFrame:
     name = src.lower()
     try:
-        raw = storage.read_bytes(src)
+        raw = store.read_bytes(src)
     except FileNotFoundError:
         raise InputError(f"{src}: file not found") from None
     except Exception as e:
@@ -96,6 +89,10 @@ class ReferenceResolver:
         self._cache: dict[str | None, Reference] = {}
 
     @property
+    def model_name(self) -> str | None:
+        return self.model["name"] if self.model else None
+
+    @property
     def pinned_version(self) -> str | None:
         """The one version an alias or version URI names (its logs are judged, others are left out)."""
         if not self.model or not (self.model["alias"] or self.model["version"]):
@@ -107,6 +104,12 @@ class ReferenceResolver:
             return str(client.get_model_version_by_alias(self.model["name"], self.model["alias"]).version)
         except Exception as e:
             raise InputError(f"{self.src}: {_first_line(e)}") from None
+
+    def rejected_at(self) -> str | None:
+        """When training last turned a challenger down (the retraining cool-down starts then), if it ever did."""
+        if not self.model:
+            return None
+        return self._client().get_registered_model(self.model["name"]).tags.get(REJECTED_TAG)
 
     def for_version(self, version: str | None) -> Reference:
         if version not in self._cache:
@@ -123,7 +126,10 @@ class ReferenceResolver:
 
     def _load(self, version: str | None) -> Reference:
         if not self.model:
-            return Reference(serving_rides(read_table(self.src), self.src), self.src)
+            frame = serving_rides(read_table(self.src), self.src)
+            scored = ride.learnable(frame) if PREDICTION in frame.columns else frame.iloc[0:0]
+            rmse = float(np.sqrt(np.mean((scored[PREDICTION] - scored[TARGET]) ** 2))) if len(scored) else None
+            return Reference(frame, self.src, validation_rmse=rmse)
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -148,72 +154,45 @@ def _first_line(e: Exception) -> str:
     return (getattr(e, "message", None) or str(e)).splitlines()[0]
 
 
-def _in_window(key: str, since: datetime, until: datetime) -> bool:
-    m = ride.LOG_KEY.search(key)
-    if not m:
-        return True  # not partitioned: decide by the records' ts
-    hour = datetime.fromisoformat(f"{m['date']}T{m['hour']}:00:00+00:00")
-    return since - timedelta(hours=1) < hour < until
-
-
-def _read_log_object(uri: str) -> pa.Table:
-    raw = storage.read_bytes(uri)
-    if uri.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    table = pa_json.read_json(
-        io.BytesIO(raw),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, len(raw) + 1)),
-        parse_options=pa_json.ParseOptions(explicit_schema=LOG_SCHEMA, unexpected_field_behavior="ignore"),
-    )
-    # An explicit schema yields every column, in order: absent fields arrive as nulls.
-    missing = [c for c in REQUIRED_LOG_FIELDS if table[c].null_count == len(table)]
-    if missing:
-        raise ValueError(f"missing fields {missing}")
-    return table
-
-
-def load_logs(prefix: str, since: datetime, until: datetime, threads: int = 16) -> Current:
+def load_logs(prefix: str, since: datetime, until: datetime) -> Current:
     try:
-        keys = [k for k in storage.list_prefix(prefix) if k.endswith((".jsonl", ".jsonl.gz"))]
+        records = read_predictions(prefix, since, until)
     except FileNotFoundError as e:
         raise InputError(str(e)) from None
     except Exception as e:
-        raise InputError(f"{prefix}: cannot list prediction logs: {e}") from None
-    keys = [k for k in keys if _in_window(k, since, until)]
-
-    tables, unreadable = [], []
-
-    def fetch(key):
-        try:
-            return key, _read_log_object(key), None
-        except Exception as e:  # a corrupt object must not stop the job
-            return key, None, e
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for key, table, error in pool.map(fetch, keys):
-            if error is not None:
-                unreadable.append(f"{key}: {str(error).splitlines()[0][:200]}")
-            elif table.num_rows:
-                tables.append(table)
-
-    frame = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame(columns=LOG_SCHEMA.names)
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
-    frame = frame[(frame["ts"] >= pd.Timestamp(since)) & (frame["ts"] < pd.Timestamp(until))]
-    frame = frame.dropna(subset=REQUIRED_LOG_FIELDS)
-    before = len(frame)
-    frame = frame.drop_duplicates("record_id")
-    duplicates = before - len(frame)
-    rides = serving_rides(frame.reset_index(drop=True), prefix, keep=("model_version", "ts"))
-    return Current(rides, prefix, len(keys), unreadable, duplicates)
+        raise InputError(f"{prefix}: cannot read prediction logs: {e}") from None
+    rides = serving_rides(records.frame, prefix, keep=("model_version", "ts"))
+    return Current(rides, prefix, records.objects, records.unreadable, records.duplicates)
 
 
 def load_current(src: str, since: datetime, until: datetime) -> Current:
-    if src.lower().endswith((".parquet", ".csv", ".csv.gz")):
+    if is_table(src):
         return Current(serving_rides(read_table(src), src), src)
     return load_logs(src, since, until)
 
 
-def load_actuals(src: str) -> pd.DataFrame:
+@dataclass
+class Actuals:
+    frame: pd.DataFrame  # ride_id (str), duration (minutes), one row per ride
+    source: str
+    unreadable: list[str] = field(default_factory=list)
+
+
+def is_table(src: str) -> bool:
+    return src.lower().endswith((".parquet", ".csv", ".csv.gz"))
+
+
+def load_actuals(src: str, since: datetime) -> Actuals:
+    """Actual durations: an actuals prefix (what arrived since the window opened, late ones included) or a table."""
+    if not is_table(src):
+        try:
+            records = read_actuals(src, since)
+        except FileNotFoundError as e:
+            raise InputError(str(e)) from None
+        except Exception as e:
+            raise InputError(f"{src}: cannot read actuals: {e}") from None
+        frame = records.frame[[RIDE_ID, TARGET]].assign(**{RIDE_ID: lambda d: d[RIDE_ID].astype(str)})
+        return Actuals(frame, src, records.unreadable)
     table = read_table(src)
     if RIDE_ID not in table.columns:
         raise InputError(f"{src}: actuals need a ride_id column (and duration, or TLC pick-up/drop-off times)")
@@ -223,15 +202,29 @@ def load_actuals(src: str) -> pd.DataFrame:
             raise InputError(f"{src}: actuals need a duration column, or TLC pick-up and drop-off times")
     out = table[[RIDE_ID, TARGET]].dropna()
     out[RIDE_ID] = out[RIDE_ID].astype(str)
-    return out.drop_duplicates(RIDE_ID, keep="last")
+    return Actuals(out.drop_duplicates(RIDE_ID, keep="last"), src)
 
 
-def performance(current: pd.DataFrame, actuals: pd.DataFrame) -> dict:
-    """Live error on the window's rides whose actual duration is known and within training's 1-60 minutes."""
-    joined = current.assign(ride_id=current[RIDE_ID].astype(str)).merge(actuals, on=RIDE_ID, how="inner")
-    learnable = ride.learnable(joined)
-    out = {"n_with_actuals": int(len(joined)), "n_joined": int(len(learnable))}
-    if learnable.empty:
+def live_actuals(rides: pd.DataFrame, actuals: pd.DataFrame) -> tuple[pd.Series, int]:
+    """Each window ride's actual duration where it is known and one training learns from (1-60 min), else NaN;
+    and how many rides had an actual at all."""
+    known = rides[RIDE_ID].astype(str).map(actuals.set_index(RIDE_ID)[TARGET])
+    learnable = known.between(ride.MIN_DURATION, ride.MAX_DURATION)
+    return known.where(learnable), int(known.notna().sum())
+
+
+def live_error(rides: pd.DataFrame, actual: pd.Series, n_with_actuals: int, validation_rmse: float | None,
+               max_ratio: float, min_rides: int) -> dict:  # fmt: skip
+    """RMSE and MAE of the logged predictions on rides with an actual duration of 1-60 min, against the version's
+    validation RMSE; `degraded` when the ratio is above `max_ratio` on at least `min_rides` such rides."""
+    error = (rides[PREDICTION] - actual).dropna()
+    out = {"n_with_actuals": n_with_actuals, "n_joined": int(len(error)), "validation_rmse": validation_rmse,
+           "max_rmse_ratio": max_ratio, "min_rides": min_rides, "degraded": None}  # fmt: skip
+    if error.empty:
         return out
-    error = learnable[PREDICTION] - learnable[TARGET]
-    return {**out, "rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
+    out.update(rmse=float(np.sqrt(np.mean(error**2))), mae=float(np.mean(np.abs(error))))
+    if validation_rmse:
+        out["rmse_ratio"] = out["rmse"] / validation_rmse
+        if len(error) >= min_rides:
+            out["degraded"] = out["rmse_ratio"] > max_ratio
+    return out

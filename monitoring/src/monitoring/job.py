@@ -1,4 +1,5 @@
-"""The drift job: judge each model version's rides in the window against that version's reference."""
+"""The drift job: judge each model version's rides in the window against that version's reference, watch its live
+error against the actuals, and start a retraining Job when the version serving now needs one."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from monitoring import drift, storage
-from monitoring.inputs import Reference, ReferenceResolver, load_actuals, load_current, performance
-from ride import PREDICTION
+from monitoring import drift, retrain
+from monitoring.inputs import Reference, ReferenceResolver, live_actuals, live_error, load_actuals, load_current
+from ride import PREDICTION, RIDE_ID, store
 
 log = logging.getLogger("monitoring")
 
@@ -32,10 +33,12 @@ def run(args) -> dict:
     current = load_current(args.current, since, until)
     for problem in current.unreadable:
         log.warning("skipped unreadable log object %s", problem)
+    actuals = load_actuals(args.actuals, since) if args.actuals else None
+    for problem in actuals.unreadable if actuals else []:
+        log.warning("skipped unreadable actuals object %s", problem)
     resolver = ReferenceResolver(args.reference, args.tracking_uri)
     wanted = args.model_version or resolver.pinned_version
-    actuals = load_actuals(args.actuals) if args.actuals else None
-    cache = args.calibration_cache or (storage.join(args.report_uri, "calibration") if args.report_uri else None)
+    cache = args.calibration_cache or (store.join(args.report_uri, "calibration") if args.report_uri else None)
 
     versions, left_out = [], {}
     for version in current.versions():
@@ -48,22 +51,28 @@ def run(args) -> dict:
             versions.append(judge(version, rides, resolver.for_version(version), actuals, args, cache))
 
     public = [{k: v for k, v in judged.items() if k != "frames"} for judged in versions]
-    drifted = any(v["drift"] for v in versions)
+    drifted = any(v["drift"] for v in public)
+    degraded = any((v["performance"] or {}).get("degraded") for v in public)
     summary = {
-        # The newest judged version's results at the top, every judged version under "versions".
+        # The newest judged version's results at the top (the one serving now), every judged version in "versions".
         **(public[0] if public else {"model_version": wanted, "n_reference": None, "n_current": len(current.frame),
                                      "columns": {}, "performance": None}),
         "drift": drifted,
-        "status": "not_enough_data" if not versions else "drift" if drifted else "ok",
+        "degraded": degraded,
+        "status": "not_enough_data" if not versions else "drift" if drifted else "degraded" if degraded else "ok",
         "current": current.source,
+        "actuals": actuals.source if actuals else None,
         "window": {"since": since.isoformat(), "until": until.isoformat()},
         "log_objects": current.objects,
         "unreadable_objects": len(current.unreadable),
+        "unreadable_actuals": len(actuals.unreadable) if actuals else 0,
         "duplicates_removed": current.duplicates,
         "left_out": left_out,
         "versions": public,
         "report": None,
     }  # fmt: skip
+    summary["retrain"] = retrain.trigger(public[0] if public else None, args, resolver.model_name,
+                                         resolver.rejected_at() if public else None)  # fmt: skip
     if not versions:
         print(f"not enough data: {len(current.frame)} rides in the window"
               + ("".join(f"; version {v}: {x['rides']} ({x['why']})" for v, x in left_out.items()))
@@ -76,7 +85,7 @@ def run(args) -> dict:
     print_table(summary, versions)
     if args.log_to_mlflow:
         log_to_mlflow(args.tracking_uri, summary)
-    if summary["drift"] and os.environ.get("ALERT_WEBHOOK_URL"):
+    if (drifted or degraded) and os.environ.get("ALERT_WEBHOOK_URL"):
         send_alert(os.environ["ALERT_WEBHOOK_URL"], summary)
     print(json.dumps(summary, default=str))
     return summary
@@ -88,7 +97,11 @@ def judge(version: str | None, rides: pd.DataFrame, reference: Reference, actual
     columns = drift.columns_for(reference.frame, rides)
     test = drift.DriftTest(reference.frame, columns, len(rides), args.false_alarm_rate, args.calibration_windows, cache)
     results = test.test(rides)
-    judged = {
+    actual, perf = None, None
+    if actuals is not None and RIDE_ID in rides.columns and PREDICTION in rides.columns:
+        actual, with_actuals = live_actuals(rides, actuals.frame)
+        perf = live_error(rides, actual, with_actuals, reference.validation_rmse, args.max_rmse_ratio, args.min_actuals)
+    return {
         "model_version": version,
         "drift": any(r.drifted for r in results),
         "n_reference": len(reference.frame),
@@ -97,36 +110,32 @@ def judge(version: str | None, rides: pd.DataFrame, reference: Reference, actual
         "reference": reference.source,
         "columns": drift.as_dict(results),
         "calibration": {k: v for k, v in vars(test.calibration).items() if k != "thresholds"},
-        "performance": None,
-        "frames": (reference.frame, rides, test),
+        "performance": perf,
+        "frames": (reference.frame, rides, test, actual),
     }
-    if actuals is not None and "ride_id" in rides.columns:
-        perf = performance(rides, actuals)
-        perf["validation_rmse"] = reference.validation_rmse
-        if perf.get("rmse") is not None and reference.validation_rmse:
-            perf["rmse_ratio"] = perf["rmse"] / reference.validation_rmse
-        judged["performance"] = perf
-    return judged
 
 
 def write_reports(base: str, until: datetime, summary: dict, versions: list[dict]) -> str:
-    folder = storage.join(base, "reports", f"dt={until.strftime('%Y-%m-%dT%H%M%SZ')}")
+    folder = store.join(base, "reports", f"dt={until.strftime('%Y-%m-%dT%H%M%SZ')}")
     for judged, entry in zip(versions, summary["versions"]):
-        reference, rides, test = judged["frames"]
-        where = folder if len(versions) == 1 else storage.join(folder, f"version={judged['model_version']}")
-        snapshot = drift.evidently_report(reference, rides, test)
-        storage.write_bytes(storage.join(where, "report.json"), snapshot.json().encode(), "application/json")
+        reference, rides, test, actual = judged["frames"]
+        where = folder if len(versions) == 1 else store.join(folder, f"version={judged['model_version']}")
+        snapshot = drift.evidently_report(reference, rides, test, actual, entry["performance"])
+        store.write_bytes(store.join(where, "report.json"), snapshot.json().encode())
         html = Path(os.environ.get("TMPDIR", "/tmp")) / f"drift-report-{os.getpid()}.html"
         snapshot.save_html(str(html))
-        storage.write_bytes(storage.join(where, "report.html"), html.read_bytes(), "text/html")
+        store.write_bytes(store.join(where, "report.html"), html.read_bytes())
         html.unlink()
         if PREDICTION in reference and PREDICTION in rides:
-            storage.write_bytes(storage.join(where, "predictions.png"), drift.prediction_plot(reference, rides), "image/png")
-        entry["report_html"] = storage.join(where, "report.html")
-        entry["report_agrees"] = drift.report_verdicts(snapshot) == {c: r["drifted"] for c, r in entry["columns"].items()}
+            store.write_bytes(store.join(where, "predictions.png"), drift.prediction_plot(reference, rides))
+        entry["report_html"] = store.join(where, "report.html")
+        ours = {c: r["drifted"] for c, r in entry["columns"].items()}
+        if (entry["performance"] or {}).get("degraded") is not None:
+            ours["live_error_degraded"] = entry["performance"]["degraded"]
+        entry["report_agrees"] = drift.report_verdicts(snapshot) == ours
     summary.update({k: summary["versions"][0][k] for k in ("report_html", "report_agrees")})
     body = json.dumps({**summary, "report": folder}, indent=2, default=str).encode()
-    storage.write_bytes(storage.join(folder, "summary.json"), body, "application/json")
+    store.write_bytes(store.join(folder, "summary.json"), body)
     return folder
 
 
@@ -143,18 +152,28 @@ def print_table(summary: dict, versions: list[dict]) -> None:
         print(f"{'feature':<14} {'test':<5} {'p-value':>10} {'threshold':>10}  drifted")
         for column, r in judged["columns"].items():
             print(f"{column:<14} {r['test']:<5} {r['p_value']:>10.3g} {r['threshold']:>10.3g}  {'YES' if r['drifted'] else 'no'}")
-        perf = judged.get("performance")
-        if perf and perf.get("rmse") is not None:
-            ratio = f" ({perf['rmse_ratio']:.2f}x validation {perf['validation_rmse']:.2f})" if perf.get("rmse_ratio") else ""
-            print(f"live error on {perf['n_joined']:,} rides with actual durations of 1-60 min (of {perf['n_with_actuals']:,} "
-                  f"with actuals): RMSE {perf['rmse']:.2f}{ratio}, MAE {perf['mae']:.2f}")  # fmt: skip
-        elif perf:
-            print(f"live error: no ride in the window has an actual duration of 1-60 min ({perf['n_with_actuals']} with actuals)")
+        print(live_error_line(judged.get("performance")))
     for version, why in summary["left_out"].items():
         print(f"left out: version {version}, {why['rides']:,} rides ({why['why']})")
-    if summary["unreadable_objects"]:
-        print(f"skipped {summary['unreadable_objects']} unreadable log object(s)")
-    print(f"drift: {'YES' if summary['drift'] else 'no'}" + (f"; report: {summary['report']}" if summary["report"] else ""))
+    for what, n in (("log", summary["unreadable_objects"]), ("actuals", summary["unreadable_actuals"])):
+        if n:
+            print(f"skipped {n} unreadable {what} object(s)")
+    print(f"retrain: {'yes' if summary['retrain']['wanted'] else 'no'} ({summary['retrain']['reason']})"
+          + (f"; started job {summary['retrain']['job']}" if summary["retrain"]["job"] else ""))  # fmt: skip
+    print(f"drift: {'YES' if summary['drift'] else 'no'}; live error degraded: {'YES' if summary['degraded'] else 'no'}"
+          + (f"; report: {summary['report']}" if summary["report"] else ""))  # fmt: skip
+
+
+def live_error_line(perf: dict | None) -> str:
+    if perf is None:
+        return "live error: no actuals given (--actuals)"
+    if perf.get("rmse") is None:
+        return f"live error: no ride in the window has an actual duration of 1-60 min ({perf['n_with_actuals']} with actuals)"
+    ratio = f" = {perf['rmse_ratio']:.2f}x validation {perf['validation_rmse']:.2f}" if perf.get("rmse_ratio") else ""
+    verdict = ("not judged: fewer than --min-actuals " + str(perf["min_rides"]) if perf["degraded"] is None
+               else f"{'DEGRADED' if perf['degraded'] else 'ok'} (limit {perf['max_rmse_ratio']:g}x)")  # fmt: skip
+    return (f"live error on {perf['n_joined']:,} rides with actual durations of 1-60 min (of {perf['n_with_actuals']:,} "
+            f"with actuals): RMSE {perf['rmse']:.2f}{ratio}, MAE {perf['mae']:.2f}: {verdict}")  # fmt: skip
 
 
 def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
@@ -167,7 +186,9 @@ def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
         for judged in summary["versions"]:
             # MLflow prints run links on stdout, which is the table and the JSON line here.
             with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=f"drift {summary['window']['until']}"):
-                mlflow.set_tags({"model_version": judged["model_version"] or "", "status": summary["status"]})
+                serving = judged is summary["versions"][0]
+                retrain_tags = {f"retrain.{k}": str(v) for k, v in summary["retrain"].items()} if serving else {}
+                mlflow.set_tags({"model_version": judged["model_version"] or "", "status": summary["status"], **retrain_tags})
                 perf = judged["performance"] or {}
                 mlflow.log_metrics(
                     {
@@ -175,7 +196,8 @@ def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
                         "n_current": judged["n_current"],
                         **{f"p_value_{c}": r["p_value"] for c, r in judged["columns"].items()},
                         **{f"threshold_{c}": r["threshold"] for c, r in judged["columns"].items()},
-                        **({"rmse": perf["rmse"]} if perf.get("rmse") is not None else {}),
+                        **{k: float(perf[k]) for k in ("rmse", "mae", "rmse_ratio", "n_joined") if perf.get(k) is not None},
+                        **({"degraded": float(perf["degraded"])} if perf.get("degraded") is not None else {}),
                     }
                 )
                 mlflow.log_dict(summary, "summary.json")
@@ -186,13 +208,13 @@ def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
 def send_alert(url: str, summary: dict) -> None:
     import requests
 
-    drifted = [v["model_version"] for v in summary["versions"] if v["drift"]]
+    flagged = [f"version {v['model_version']}: " + ", ".join(
+        w for w, f in (("drift", v["drift"]), ("live error degraded", (v["performance"] or {}).get("degraded"))) if f)
+        for v in summary["versions"] if v["drift"] or (v["performance"] or {}).get("degraded")]  # fmt: skip
     try:
-        text = f"trip-duration: drift in model version {', '.join(str(v) for v in drifted)}"
-        r = requests.post(url, data=json.dumps({"text": text, **summary}, default=str),
+        r = requests.post(url, data=json.dumps({"text": f"trip-duration: {'; '.join(flagged)}", **summary}, default=str),
                           headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
         r.raise_for_status()
         log.info("alert sent to %s", url)
     except Exception as e:
-        log.warning("could not deliver the drift alert to %s: %s", url, e)
-
+        log.warning("could not deliver the alert to %s: %s", url, e)
