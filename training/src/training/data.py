@@ -23,7 +23,7 @@ class Month:
     source: str
     sha256: str
     rows: int  # as read
-    serving: pd.DataFrame  # every ride the transformer would score: features, pick-up time, actual duration
+    serving: pd.DataFrame  # every ride the transformer would score: features, pick-up time, actual duration (the reference)
     frame: pd.DataFrame  # what training learns from: the serving rides that took 1-60 minutes
 
     @property
@@ -99,3 +99,41 @@ def load_month(src: str) -> Month:
     df = parse(resolved, raw)
     serving, learnable = prepare(df, resolved)
     return Month(resolved, hashlib.sha256(raw).hexdigest(), len(df), serving, learnable)
+
+
+MIN_PRODUCTION_RIDES = 200  # on each side of the split, with an actual duration of 1-60 minutes
+
+
+def load_production(logs: str, actuals: str, since, until, validation_share: float) -> tuple[Month, Month]:
+    """The rides the model served in [since, until) whose actual duration arrived: older ones to train on, the
+    newest `validation_share` (by time) to validate on. A ride logged more than once counts once."""
+    from ride.reader import read_actuals, read_predictions
+
+    try:
+        logged = read_predictions(logs, since, until)
+        arrived = read_actuals(actuals, since)
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from None
+    except Exception as e:
+        raise DataError(f"{logs} / {actuals}: cannot read: {e}") from None
+    rides = logged.frame.sort_values("ts", kind="stable").drop_duplicates(ride.RIDE_ID)
+    rides = rides.drop(columns=[ride.PREDICTION]).rename(columns={"ts": ride.PICKUP_TIME})
+    rides = rides.merge(arrived.frame[[ride.RIDE_ID, ride.TARGET]], on=ride.RIDE_ID, how="left")
+    serving = ride.serving_population(rides, logs)
+    source = f"{logs} with {actuals}, {since.isoformat()} to {until.isoformat()}"
+    if serving.empty:
+        raise DataError(f"{source}: no logged ride in the window")
+    boundary = serving[ride.PICKUP_TIME].quantile(1 - validation_share)
+    parts = serving[serving[ride.PICKUP_TIME] < boundary], serving[serving[ride.PICKUP_TIME] >= boundary]
+    months = []
+    # The drift reference of a model trained here is the whole window: the population it was built from.
+    for name, part, reference in zip(("older", "newest"), parts, (parts[0], serving)):
+        learnable = ride.learnable(part.reset_index(drop=True))
+        if len(learnable) < MIN_PRODUCTION_RIDES:
+            raise DataError(
+                f"{source}: only {len(learnable)} {name} rides have an actual duration of 1-60 min "
+                f"({len(part)} logged, {int(part[ride.TARGET].notna().sum())} with actuals); need {MIN_PRODUCTION_RIDES}"
+            )
+        digest = hashlib.sha256("\n".join(sorted(part[ride.RIDE_ID].astype(str))).encode()).hexdigest()
+        months.append(Month(f"{source} ({name} {len(part)} rides)", digest, len(part), reference.reset_index(drop=True), learnable))
+    return months[0], months[1]

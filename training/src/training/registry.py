@@ -1,4 +1,4 @@
-"""The model registry side: the quality gate on the alias, and resolving the alias to an S3 directory."""
+"""The model registry side: the fair gate on the alias, rollback, and resolving an alias to an S3 directory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from ride import utc_timestamp
+from ride.registry import PREVIOUS, REJECTED_TAG
 
 
 class RegistryError(Exception):
@@ -17,8 +20,8 @@ class RegistryError(Exception):
 class Gate:
     promote: bool
     reason: str
-    staging_version: str | None = None
-    staging_rmse: float | None = None
+    champion: str | None = None  # the version holding the alias when the challenger was judged
+    champion_rmse: float | None = None  # that version re-scored on the challenger's validation rides
 
 
 def current_alias(client: MlflowClient, name: str, alias: str):
@@ -30,28 +33,57 @@ def current_alias(client: MlflowClient, name: str, alias: str):
         raise
 
 
-def quality_gate(client: MlflowClient, name: str, alias: str, rmse: float, tolerance: float) -> Gate:
-    """Promote unless the alias holds a model whose RMSE beats this one by more than `tolerance` (relative)."""
+def fair_gate(client: MlflowClient, name: str, alias: str, rmse: float, x_val, y_val, margin: float) -> Gate:
+    """Promote when the challenger's RMSE is at most (1 - margin) x the alias holder's on the *same* validation
+    rides: the serving model is re-scored on them, so an easier month cannot promote a worse model."""
+    import mlflow.sklearn
+
+    from training.model import rmse as rmse_of
+
     current = current_alias(client, name, alias)
     if current is None:
         return Gate(True, f"no model holds @{alias} yet")
-    staged = client.get_run(current.run_id).data.metrics.get("rmse")
-    if staged is None:
-        return Gate(True, f"@{alias} (version {current.version}) has no rmse metric", current.version)
-    limit = staged * (1 + tolerance)
-    if rmse <= limit:
-        return Gate(
-            True,
-            f"rmse {rmse:.3f} <= {limit:.3f} (@{alias} version {current.version}: {staged:.3f}, tolerance {tolerance:.0%})",
-            current.version,
-            staged,
-        )
-    return Gate(
-        False,
-        f"rmse {rmse:.3f} > {limit:.3f} (@{alias} version {current.version}: {staged:.3f}, tolerance {tolerance:.0%})",
-        current.version,
-        staged,
-    )
+    try:
+        champion = mlflow.sklearn.load_model(f"models:/{name}/{current.version}")
+    except Exception as e:
+        raise RegistryError(f"cannot load @{alias} (version {current.version}) to re-score it: {e}") from None
+    champion_rmse = rmse_of(y_val, champion.predict(x_val))
+    limit = champion_rmse * (1 - margin)
+    verdict = "<=" if rmse <= limit else ">"
+    reason = (f"rmse {rmse:.3f} {verdict} {limit:.3f}: @{alias} (version {current.version}) scores {champion_rmse:.3f} "
+              f"on the same {len(y_val)} validation rides, margin {margin:.0%}")  # fmt: skip
+    return Gate(rmse <= limit, reason, str(current.version), champion_rmse)
+
+
+def record_decision(client: MlflowClient, name: str, alias: str, version: str, run_id: str, gate: Gate) -> None:
+    """Move the aliases (@previous keeps the replaced version) or start the retraining cool-down; log why."""
+    client.set_tag(run_id, "gate.promoted", str(gate.promote).lower())
+    client.set_tag(run_id, "gate.reason", gate.reason)
+    if gate.champion_rmse is not None:
+        client.log_metric(run_id, "champion_rmse", gate.champion_rmse)
+        client.set_tag(run_id, "gate.champion_version", gate.champion)
+    if gate.promote:
+        if gate.champion is not None:
+            client.set_registered_model_alias(name, PREVIOUS, gate.champion)
+        client.set_registered_model_alias(name, alias, version)
+    else:
+        client.set_registered_model_tag(name, REJECTED_TAG, utc_timestamp())
+
+
+def rollback(client: MlflowClient, name: str, alias: str, artifacts_destination: str | None = None) -> dict:
+    """@alias back to @previous, and @previous to what @alias held: a second rollback returns to where it was."""
+    current, previous = current_alias(client, name, alias), current_alias(client, name, PREVIOUS)
+    if previous is None:
+        raise RegistryError(f"registered model {name!r} has no @{PREVIOUS}: nothing to roll back to")
+    client.set_registered_model_alias(name, alias, previous.version)
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    return {
+        "version": previous.version,
+        "previous": current.version if current else None,
+        "alias": alias,
+        "storage_uri": storage_uri(client, name, previous.version, artifacts_destination),
+    }
 
 
 def to_storage_uri(download_uri: str, artifacts_destination: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The training job: fit, evaluate, log to MLflow, register, and move the alias through the gate."""
+"""The training job: fit, evaluate, log to MLflow, register, and move the alias through the fair gate."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -16,27 +17,40 @@ import sklearn
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from training import model as model_lib
 from ride import FEATURES, PREDICTION, TARGET
-from training.data import Month, load_month
-from training.registry import quality_gate, storage_uri
+from ride.registry import MODEL_NAME, REFERENCE_ARTIFACT, STAGING
+from training import model as model_lib
+from training.data import Month, load_month, load_production
+from training.registry import fair_gate, record_decision, storage_uri
 
 log = logging.getLogger("training")
-
-REFERENCE_ARTIFACT = "reference/reference.parquet"
 
 
 @dataclass
 class TrainSettings:
-    train_data: str
-    val_data: str
+    train_data: str | None = None  # a month (or file) to fit on …
+    val_data: str | None = None  # … and one to validate on; or the production rides of a window:
+    production_rides: str | None = None  # a prediction-log prefix
+    actuals: str | None = None  # an actuals prefix
+    since: datetime | None = None
+    until: datetime | None = None
+    validation_share: float = 0.2  # the newest part of the window, by time
     tracking_uri: str | None = None
     experiment: str = "nyc-taxi-experiment"
-    model_name: str = "trip_duration"
-    alias: str = "staging"
-    gate_tolerance: float = 0.02
+    model_name: str = MODEL_NAME
+    alias: str = STAGING
+    gate_margin: float = 0.01
     artifacts_destination: str | None = None
     hyperparameters: dict | None = None
+
+    def load(self) -> tuple[Month, Month]:
+        if self.production_rides:
+            log.info("loading production rides %s with actuals %s", self.production_rides, self.actuals)
+            return load_production(self.production_rides, self.actuals, self.since, self.until, self.validation_share)
+        log.info("loading training data %s", self.train_data)
+        train = load_month(self.train_data)
+        log.info("loading validation data %s", self.val_data)
+        return train, load_month(self.val_data)
 
 
 def pip_requirements() -> list[str]:
@@ -64,10 +78,7 @@ def data_params(prefix: str, month: Month) -> dict:
 
 def run(settings: TrainSettings) -> dict:
     # Everything that can fail on the user's input fails here, before MLflow sees a run.
-    log.info("loading training data %s", settings.train_data)
-    train = load_month(settings.train_data)
-    log.info("loading validation data %s", settings.val_data)
-    val = load_month(settings.val_data)
+    train, val = settings.load()
     log.info("%d training rides, %d validation rides (%d in its serving population)", train.rows_used, val.rows_used, len(val.serving))
 
     if settings.tracking_uri:
@@ -125,10 +136,10 @@ def run(settings: TrainSettings) -> dict:
         )
         version = str(info.registered_model_version)
 
-    gate = quality_gate(client, settings.model_name, settings.alias, metrics["rmse"], settings.gate_tolerance)
+    gate = fair_gate(client, settings.model_name, settings.alias, metrics["rmse"], x_val, y_val, settings.gate_margin)
     client.set_model_version_tag(settings.model_name, version, "rmse", f"{metrics['rmse']:.4f}")
+    record_decision(client, settings.model_name, settings.alias, version, run_id, gate)
     if gate.promote:
-        client.set_registered_model_alias(settings.model_name, settings.alias, version)
         log.info("version %s is now @%s: %s", version, settings.alias, gate.reason)
     else:
         log.warning("version %s NOT promoted to @%s: %s", version, settings.alias, gate.reason)
@@ -140,6 +151,8 @@ def run(settings: TrainSettings) -> dict:
         "mae": round(metrics["mae"], 4),
         "promoted": gate.promote,
         "reason": gate.reason,
+        "champion": gate.champion,
+        "champion_rmse": None if gate.champion_rmse is None else round(gate.champion_rmse, 4),
         "alias": settings.alias,
         "storage_uri": storage_uri(client, settings.model_name, version, settings.artifacts_destination),
     }
