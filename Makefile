@@ -46,6 +46,10 @@ help: ## Show this help
 demo: setup ## Run the whole loop locally: S3, MLflow, train, serve, replay rides, drift job, summary (DATA_DIR=… to work offline)
 	$(STACK) demo
 
+.PHONY: loop
+loop: setup ## Close the loop locally: older model on newer rides, drift job asks for retraining, challenger promoted, rollback
+	$(STACK) loop
+
 .PHONY: up
 up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transformer) and leave it running
 	$(STACK) up

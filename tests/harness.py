@@ -59,9 +59,9 @@ def run_cli(component: str, *args: str, env: dict | None = None, timeout: float 
 
 
 def synthetic_month(
-    path: Path, year: int, month: int, n: int = 3000, seed: int = 0, noise_only: bool = False
+    path: Path, year: int, month: int, n: int = 3000, seed: int = 0, noise_only: bool = False, minutes_per_mile: float = 3.2
 ) -> Path:
-    """A small TLC-shaped green-taxi month whose duration depends on zones and distance.
+    """A small TLC-shaped green-taxi month whose duration depends on zones and distance (`minutes_per_mile`).
 
     Odd rides included, as in TLC's own months: short hops with zero distance, trips that end before they start
     or run for hours, odometer glitches of thousands of miles, and pick-ups outside the month.
@@ -70,7 +70,7 @@ def synthetic_month(
     pu = rng.integers(1, 60, n)
     do = rng.integers(1, 60, n)
     distance = np.round(rng.gamma(2.0, 1.5, n), 2)
-    minutes = 2 + 3.2 * distance + (pu % 7) * 0.8 + (do % 5) * 0.6 + rng.normal(0, 1.0, n)
+    minutes = 2 + minutes_per_mile * distance + (pu % 7) * 0.8 + (do % 5) * 0.6 + rng.normal(0, 1.0, n)
     if noise_only:  # durations unrelated to the features: a model fitted on this is worse
         minutes = rng.uniform(1, 60, n)
     minutes = np.clip(minutes, 1.2, 59)

@@ -189,7 +189,7 @@ def test_help_lists_exit_codes():
 
 def test_each_version_is_judged_against_its_own_reference(workdir, s3, mlflow_url, predictor, model, months):
     """Around a promotion a window holds two versions: each is judged against the rides it was validated on."""
-    second = train(mlflow_url, s3, months["train"], months["csv"], model["name"], "--gate-tolerance", "1000")
+    second = train(mlflow_url, s3, months["train"], months["csv"], model["name"], "--gate-margin", "-1000")
     assert second.returncode == 0 and second.json["version"] != model["version"], second.stderr
     prefix = f"s3://predictions/{unique('versions')}"
     rides = traffic.rides(str(months["val"]))
@@ -275,3 +275,51 @@ def html_verdicts(path: str) -> dict:
     """What the report a user opens says, column by column (evidently writes 'Data drift [not] detected.')."""
     html = open(path).read()
     return {"detected": html.count("Data drift detected."), "not detected": html.count("Data drift not detected.")}
+
+
+def write_actuals(s3, prefix: str, rides: pd.DataFrame, slower: float = 1.0) -> None:
+    """Actuals as a dispatch system reports them: one in ten never arrives, some twice, one object damaged."""
+    client = s3.client()
+    bucket, _, key = prefix.removeprefix("s3://").partition("/")
+    records = [{"ride_id": r.ride_id, "dropoff_datetime": "2030-02-01T10:00:00.000Z", "duration": r.duration * slower}
+               for i, r in enumerate(rides.itertuples()) if i % 10]  # fmt: skip
+    ts = ride.utc_timestamp()
+    for chunk in (records[:400], records[300:]):  # rides 300-399 arrive twice
+        client.put_object(Bucket=bucket, Key=f"{key}/{ride.actuals_key(ts)}", Body=ride.jsonl_gz(chunk))
+    client.put_object(Bucket=bucket, Key=f"{key}/{ride.actuals_key(ts)}", Body=b"\x1f\x8b not gzip at all")
+
+
+def test_live_error_from_actuals_in_s3_and_its_own_verdict(s3, mlflow_url, model, logs, tmp_path):
+    only_same = f"{logs['prefix']}-same-live"
+    copy_objects(s3, logs["prefix"], only_same, keep=lambda rec: rec["ride_id"].startswith("same-"))
+    same = logs["rides"].iloc[:1500].assign(ride_id=lambda d: "same-" + d.ride_id)
+    scored = same[same.ride_id.isin(logs["same"])]
+
+    ok_prefix = f"s3://actuals/{unique('ok')}"
+    write_actuals(s3, ok_prefix, scored)
+    result = drift(s3, mlflow_url, "--reference", f"models:/{model['name']}", "--current", only_same,
+                   "--actuals", ok_prefix, "--fail-on-degradation")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    perf = result.json["performance"]
+    arrived = [r for i, r in enumerate(scored.itertuples()) if i % 10]
+    assert perf["n_with_actuals"] == len(arrived) and result.json["unreadable_actuals"] == 1
+    assert perf["n_joined"] == sum(1 <= r.duration <= 60 for r in arrived) and perf["degraded"] is False
+    assert result.json["retrain"] == {"wanted": False, "job": None,
+                                      "reason": f"version {model['version']}: no drift, live error not degraded"}  # fmt: skip
+
+    slow_prefix = f"s3://actuals/{unique('slow')}"
+    write_actuals(s3, slow_prefix, scored, slower=1.6)  # every ride took 60 % longer than the model thought
+    report_dir = tmp_path / "report"
+    result = drift(s3, mlflow_url, "--reference", f"models:/{model['name']}", "--current", only_same,
+                   "--actuals", slow_prefix, "--fail-on-degradation", "--report-uri", str(report_dir), "--log-to-mlflow")  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    out = result.json
+    assert out["degraded"] is True and out["performance"]["rmse_ratio"] > 1.2 and out["drift"] is False
+    assert out["retrain"]["wanted"] is True and "live error degraded" in out["retrain"]["reason"]
+    assert any(line.startswith("live error on") and line.endswith("DEGRADED (limit 1.2x)") for line in result.stdout.splitlines())
+    assert out["report_agrees"] is True
+    assert "RMSE: Less or Equal" in open(out["report_html"]).read()
+    runs = requests.post(f"{mlflow_url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id(mlflow_url)],
+                         "filter": "metrics.degraded = 1"}, timeout=10).json()["runs"]  # fmt: skip
+    tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+    assert tags["retrain.wanted"] == "True" and "live error degraded" in tags["retrain.reason"]

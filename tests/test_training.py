@@ -73,11 +73,67 @@ def test_worse_model_does_not_move_staging(mlflow_url, s3, months):
     staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
     assert staged.json["version"] == "1"
 
-    # The same run passes with a tolerance wide enough: the gate is configurable.
-    lenient = train(mlflow_url, s3, months["noise"], months["val"], name, "--gate-tolerance", "1000")
+    # The same run passes with a margin generous enough: the gate is configurable.
+    lenient = train(mlflow_url, s3, months["noise"], months["val"], name, "--gate-margin", "-1000")
     assert lenient.json["promoted"] is True
     staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
     assert staged.json["version"] == lenient.json["version"] == "3"
+
+
+def aliases(mlflow_url: str, name: str) -> dict:
+    r = requests.get(f"{mlflow_url}/api/2.0/mlflow/registered-models/get", params={"name": name}, timeout=10)
+    model = r.json()["registered_model"]
+    return {a["alias"]: a["version"] for a in model.get("aliases", [])} | {"tags": {t["key"]: t["value"] for t in model.get("tags", [])}}
+
+
+def test_the_gate_rescores_the_serving_model_on_the_same_rides(mlflow_url, s3, months):
+    """An easier validation month must not promote a worse model: the RMSEs compared are on the same rides."""
+    name = unique("fair")
+    # Validated on a month whose durations are noise, the good model's recorded RMSE is high …
+    good = train(mlflow_url, s3, months["train"], months["noise"], name)
+    assert good.json["promoted"] is True and good.json["rmse"] > 10
+    # … and a model fitted on noise, validated on an ordinary month, records a lower one. Compared as recorded, it
+    # would be promoted; re-scored on the same ordinary month, the serving model is far better.
+    worse = train(mlflow_url, s3, months["noise"], months["val"], name)
+    assert worse.returncode == 0, worse.stderr
+    assert worse.json["rmse"] < good.json["rmse"], "the trap needs the worse model to record the lower RMSE"
+    assert worse.json["promoted"] is False and worse.json["champion"] == "1"
+    assert worse.json["champion_rmse"] < worse.json["rmse"] / 3
+    state = aliases(mlflow_url, name)
+    assert state["staging"] == "1" and "previous" not in state
+    assert state["tags"]["gate.rejected_at"].endswith("Z")  # the drift job's retraining cool-down starts here
+
+    # Fitted on the same month as version 1 it is no better; a generous margin lets it through, moving @previous.
+    better = train(mlflow_url, s3, months["csv"], months["val"], name, "--gate-margin", "-0.5")
+    assert better.json["promoted"] is True and better.json["champion"] == "1"
+    assert aliases(mlflow_url, name) | {"tags": {}} == {"staging": better.json["version"], "previous": "1", "tags": {}}
+
+
+def test_rollback_twice_returns_to_where_it_was(mlflow_url, s3, months):
+    name = unique("rollback")
+    nothing = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    assert nothing.returncode == 1 and "has no @previous: nothing to roll back to" in nothing.stderr
+    first = train(mlflow_url, s3, months["train"], months["noise"], name).json
+    second = train(mlflow_url, s3, months["csv"], months["val"], name, "--gate-margin", "-0.5").json
+    assert second["promoted"], second
+    back = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    assert back.returncode == 0, back.stderr
+    assert back.json == {"version": first["version"], "previous": second["version"], "alias": "staging",
+                         "storage_uri": first["storage_uri"]}  # fmt: skip
+    again = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env).json
+    assert (again["version"], again["previous"]) == (second["version"], first["version"])
+    assert aliases(mlflow_url, name)["staging"] == second["version"]
+
+
+def test_training_on_production_rides_needs_both_sources_and_enough_rides(mlflow_url, s3, tmp_path):
+    one = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--tracking-uri", mlflow_url, env=s3.env)
+    assert one.returncode == 1 and "--actuals" in one.stderr.strip().splitlines()[-1]
+    both = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
+                   "--train-data", "2022-01", "--tracking-uri", mlflow_url, env=s3.env)  # fmt: skip
+    assert both.returncode == 1 and "not both" in both.stderr
+    empty = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
+                    "--tracking-uri", mlflow_url, env=s3.env)  # fmt: skip
+    assert empty.returncode == 1 and "no logged ride in the window" in empty.stderr and "Traceback" not in empty.stderr
 
 
 def test_csv_source_and_s3_source(mlflow_url, s3, months):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -16,11 +15,13 @@ from pathlib import Path
 
 import requests
 
+from ride.reader import read_predictions
 from stack import processes, traffic
 from stack.processes import ROOT, Process, S3Endpoint, StackError, component_python
 
 MODEL_NAME = "trip_duration"
 LOG_URI = "s3://predictions/logs"
+ACTUALS_URI = "s3://actuals/rides"
 CURL = (
     "curl -s localhost:{port}/v1/models/trip-duration:predict -H 'Content-Type: application/json' "
     """-d '{{"ride_id": "ride_xyz", "ride": {{"PULocationID": 100, "DOLocationID": 102, "trip_distance": 30}}}}'"""
@@ -40,10 +41,10 @@ class Config:
     traffic_rides: int = 3000
 
     @classmethod
-    def from_env(cls) -> "Config":
-        """Each field from its upper-case environment variable (STATE_DIR for state), else the default."""
-        values = {}
-        for name, default in vars(cls()).items():
+    def from_env(cls, **defaults) -> "Config":
+        """Each field from its upper-case environment variable (STATE_DIR for state), else `defaults`, else the default."""
+        values = dict(defaults)
+        for name, default in vars(cls(**defaults)).items():
             var = "STATE_DIR" if name == "state" else name.upper()
             if var in os.environ:
                 try:
@@ -110,7 +111,8 @@ class Stack:
         self.cfg = cfg
         self.procs: dict[str, Process] = {}
         self.s3: S3Endpoint | None = None
-        self.model: dict = {}
+        self.model: dict = {}  # what @staging resolves to: run_id, version, source
+        self.trained: dict = {}  # the first training run's result
 
     @property
     def env(self) -> dict:
@@ -141,23 +143,32 @@ class Stack:
         self.procs["mlflow"] = proc
         progress(f"MLflow at {self.mlflow_url} (sqlite in {cfg.state / 'mlflow'})")
 
-        trained = run_step(
-            "training",
-            ["train", "--train-data", cfg.train_month, "--val-data", cfg.val_month, "--model-name", MODEL_NAME],
-            self.env,
-            cfg.logs / "train.log",
-        )["json"]
+        os.environ.update(self.env)  # this process reads S3 too (log counts, actuals)
+
+        self.trained = trained = self.train(["--train-data", cfg.train_month, "--val-data", cfg.val_month], "train")
         progress(
             f"trained on {cfg.train_month}, validated on {cfg.val_month}: RMSE {trained['rmse']:.2f} min, "
             f"version {trained['version']} ({'promoted to @staging' if trained['promoted'] else trained['reason']})"
         )
+        self.deploy()
+        progress(f"{MODEL_NAME}@staging is version {self.model['version']} at {self.model['source']}")
+        progress(f"predictor at http://127.0.0.1:{cfg.predictor_port}, transformer at {self.transformer_url}")
 
+    def train(self, args: list[str], log: str) -> dict:
+        return run_step("training", ["train", *args, "--model-name", MODEL_NAME], self.env, self.cfg.logs / f"{log}.log")["json"]
+
+    def deploy(self) -> None:
+        """What the cluster's deploy step does, on one machine: serve the version @staging holds.
+
+        A running transformer gets SIGTERM first, which flushes its prediction log."""
+        cfg = self.cfg
+        for name in ("transformer", "predictor"):
+            if name in self.procs:
+                self.procs.pop(name).stop(signal.SIGTERM)
         resolved = run_step(
             "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env, cfg.logs / "storage-uri.log"
         )["json"]
-        self.model = {**trained, **resolved}
-        progress(f"{MODEL_NAME}@staging is version {resolved['version']} at {resolved['source']}")
-
+        self.model = resolved
         proc, host = processes.start_predictor(cfg.logs, self.s3, resolved["source"], port=cfg.predictor_port)
         self.procs["predictor"] = proc
         proc, _ = processes.start_transformer(
@@ -165,7 +176,15 @@ class Stack:
             PREDICTION_LOG_SPILL_DIR=str(cfg.state / "spill"),
         )  # fmt: skip
         self.procs["transformer"] = proc
-        progress(f"predictor at http://{host}, transformer at {self.transformer_url}")
+
+    def drift(self, args: list[str], log: str) -> dict:
+        """The drift job over the prediction log, as the CronJob runs it (exit 0, or 1 for drift, is an answer)."""
+        return run_step(
+            "monitoring",
+            ["--reference", f"models:/{MODEL_NAME}", "--current", LOG_URI, "--actuals", ACTUALS_URI, *args],
+            self.env,
+            self.cfg.logs / f"{log}.log",
+        )
 
     def stop(self) -> None:
         for name in ("transformer", "predictor", "mlflow"):
@@ -181,13 +200,12 @@ class Stack:
         (self.cfg.state / "stack.json").write_text(json.dumps({"pids": state, "model": self.model}, indent=2))
 
     def count_logged(self) -> int:
-        bucket, _, prefix = LOG_URI.removeprefix("s3://").partition("/")
-        client = self.s3.client()
-        ids = set()
-        for key in self.s3.keys(bucket, prefix + "/"):
-            body = gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-            ids.update(json.loads(line)["record_id"] for line in body.splitlines() if line.strip())
-        return len(ids)
+        return len(read_predictions(LOG_URI).frame)
+
+    def wait_logged(self, since, n: int) -> None:
+        """Until the transformer has shipped `n` records scored since `since` (it flushes every half second here)."""
+        processes.wait_until(lambda: len(read_predictions(LOG_URI, since).frame) >= n,
+                             f"{n:,} prediction-log records in {LOG_URI}", timeout=120, interval=0.5)  # fmt: skip
 
 
 def demo(cfg: Config) -> dict:
@@ -196,30 +214,24 @@ def demo(cfg: Config) -> dict:
     try:
         stack.start(progress)
         rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides or None)
-        actuals = cfg.state / "actuals.parquet"
-        rides[["ride_id", "duration"]].to_parquet(actuals, index=False)
         replayed = traffic.replay(stack.transformer_url, rides)
+        actuals = traffic.write_actuals(ACTUALS_URI, rides)
         stack.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
         logged = stack.count_logged()
         progress(f"replayed the first {len(rides):,} rides of {cfg.traffic_month} as a dispatcher sends them: "
                  f"{replayed.summary}; {logged:,} log records in {LOG_URI}")  # fmt: skip
 
-        drift = run_step(
-            "monitoring",
-            ["--reference", f"models:/{MODEL_NAME}@staging", "--current", LOG_URI, "--window", "24h",
-             "--report-uri", str(cfg.state / "monitoring"), "--actuals", str(actuals), "--log-to-mlflow"],
-            stack.env,
-            cfg.logs / "drift.log",
-        )  # fmt: skip
+        drift = stack.drift(["--window", "24h", "--report-uri", str(cfg.state / "monitoring"), "--log-to-mlflow"], "drift")
         progress("drift job done")
         summary = {
-            "rmse": stack.model["rmse"],
+            "rmse": stack.trained["rmse"],
             "model_version": stack.model["version"],
             "storage_uri": stack.model["source"],
             "rides_sent": len(rides),
             "rides_scored": len(replayed.scored),
             "rides_rejected": dict(replayed.rejected),
             "log_records": logged,
+            "actuals": actuals,
             "drift": drift["json"]["drift"],
             "drift_status": drift["json"]["status"],
             "report": drift["json"]["report"],
@@ -245,7 +257,7 @@ def print_summary(cfg: Config, s: dict, drift_stdout: str) -> None:
     why = ", ".join(f"{field} {n:,}" for field, n in s["rides_rejected"].items())
     print(f"rides          {s['rides_sent']:,} of {cfg.traffic_month} sent in pick-up order: {s['rides_scored']:,} scored, "
           f"{rejected:,} rejected" + (f" ({why})" if why else ""))  # fmt: skip
-    print(f"log records    {s['log_records']:,} in {LOG_URI}")
+    print(f"log records    {s['log_records']:,} in {LOG_URI}; actual durations of all {s['actuals']:,} in {ACTUALS_URI}")
     if perf.get("rmse"):
         print(f"live RMSE      {perf['rmse']:.2f} min on the {perf['n_joined']:,} scored rides whose actual duration was 1-60 min")
     print(f"drift          {'YES' if s['drift'] else 'no'}")
@@ -319,11 +331,14 @@ def main(argv: list[str] | None = None) -> None:
         description="The whole system on one machine, no Kubernetes and no Docker.",
         epilog="Environment: DATA_DIR (local TLC months; else they are downloaded and cached), STATE_DIR "
         "(default .local), S3_PORT 9000, MLFLOW_PORT 5000, PREDICTOR_PORT 8081, TRANSFORMER_PORT 8080, "
-        "TRAIN_MONTH 2022-01, VAL_MONTH 2022-02, TRAFFIC_MONTH 2022-02, TRAFFIC_RIDES 3000.",
+        "TRAIN_MONTH 2022-01, VAL_MONTH 2022-02, TRAFFIC_MONTH 2022-02, TRAFFIC_RIDES 3000 (for `loop`: 2021-01, "
+        "2021-02, 2022-02 and 20000 rides a phase).",
     )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="start everything, train, serve, replay rides, run the drift job, summarize, clean up")
     sub.add_parser("up", help="start S3, MLflow, train, and serve; leave it running")
+    sub.add_parser("loop", help="close the loop: an older model serves newer rides with actuals, the drift job asks for "
+                   "retraining, a challenger trained on the logged rides is promoted and served, rollback and back")  # fmt: skip
     sub.add_parser("down", help="stop what `up` started")
     t = sub.add_parser("traffic", help="replay rides of a month through a transformer")
     t.add_argument("--url", default="http://localhost:8080")
@@ -341,6 +356,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = Config.from_env()
         if args.command == "demo":
             demo(cfg)
+        elif args.command == "loop":
+            from stack.loop import loop
+
+            # An older model on newer rides: 2021-01 (lockdown) serving 2022-02; each phase 20,000 rides.
+            loop(Config.from_env(train_month="2021-01", val_month="2021-02", traffic_month="2022-02", traffic_rides=20_000))
         elif args.command == "up":
             up(cfg)
         elif args.command == "down":

@@ -19,7 +19,7 @@ import boto3
 import requests
 
 ROOT = Path(__file__).resolve().parents[3]
-BUCKETS = ("mlflow", "predictions", "monitoring", "data")
+BUCKETS = ("mlflow", "predictions", "monitoring", "data", "actuals")
 
 
 class StackError(Exception):

@@ -18,6 +18,7 @@ import pandas as pd
 import requests
 
 import ride
+from ride import store
 
 PATH = "/v1/models/trip-duration:predict"
 
@@ -83,6 +84,21 @@ class Replay:
     def summary(self) -> str:
         why = ", ".join(f"{r} {n:,}" for r, n in self.rejected.most_common())
         return f"{len(self.scored):,} scored, {sum(self.rejected.values()):,} rejected" + (f" ({why})" if why else "")
+
+
+def write_actuals(uri: str, frame: pd.DataFrame, per_object: int = 1000) -> int:
+    """What a dispatch system reports once rides end: ride_id, drop-off time, minutes taken, under `uri` (the
+    Kinesis-Firehose-to-S3 pattern), whatever the model made of them. Returns how many were written."""
+    arrived = ride.utc_timestamp()
+    records = [
+        {ride.RIDE_ID: r.ride_id,
+         "dropoff_datetime": None if pd.isna(r.dropoff_datetime) else ride.utc_timestamp(pd.Timestamp(r.dropoff_datetime, tz="UTC")),
+         ride.TARGET: None if pd.isna(r.duration) else float(r.duration)}
+        for r in frame.itertuples()
+    ]  # fmt: skip
+    for start in range(0, len(records), per_object):
+        store.write_bytes(store.join(uri, ride.actuals_key(arrived)), ride.jsonl_gz(records[start : start + per_object]))
+    return len(records)
 
 
 def replay(url: str, frame: pd.DataFrame, singles: int = 100, batch: int = 100) -> Replay:
