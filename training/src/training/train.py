@@ -79,7 +79,7 @@ def data_params(prefix: str, month: Month) -> dict:
 def run(settings: TrainSettings) -> dict:
     # Everything that can fail on the user's input fails here, before MLflow sees a run.
     train, val = settings.load()
-    log.info("%d training rides, %d validation rides (%d in its serving population)", train.rows_used, val.rows_used, len(val.serving))
+    log.info("%d training rides, %d validation rides; the drift reference holds %d", train.rows_used, val.rows_used, len(val.serving))
 
     if settings.tracking_uri:
         mlflow.set_tracking_uri(settings.tracking_uri)
