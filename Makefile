@@ -104,7 +104,7 @@ kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knat
 images: check-docker check-kind check-tag ## Build the three images tagged TAG (versions.env, or TAG=…) and load them into kind
 	@echo "==> images $(IMAGES), tag $(TAG)"
 	@for image in $(IMAGES); do \
-		$(DOCKER) build -f $$image/Dockerfile -t taxi-mlops/$$image:$(TAG) .; \
+		$(DOCKER) build -f $$image/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t taxi-mlops/$$image:$(TAG) .; \
 		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
 	done
 
