@@ -112,9 +112,9 @@ class Stack:
         self.s3: S3Endpoint | None = None
         self.model: dict = {}
 
-    @property
-    def env(self) -> dict:
-        return {**self.s3.env, "MLFLOW_TRACKING_URI": self.mlflow_url}
+    def env(self, user: str | None = None) -> dict:
+        """A step's environment: MLflow, and S3 as `user` (as in the cluster, each component its own)."""
+        return {**(self.s3.env_for(user) if user else {}), "MLFLOW_TRACKING_URI": self.mlflow_url}
 
     @property
     def mlflow_url(self) -> str:
@@ -134,7 +134,6 @@ class Stack:
             processes.shutil.rmtree(cfg.state / "mlflow", ignore_errors=True)
         self.s3 = S3Endpoint(cfg.logs, port=cfg.s3_port, in_process=False)
         self.s3.start()
-        self.s3.create_buckets()
         progress(f"S3 ({self.s3.kind}) at {self.s3.url}")
 
         proc, _ = processes.mlflow_server(cfg.state / "mlflow", self.s3, port=cfg.mlflow_port)
@@ -144,7 +143,7 @@ class Stack:
         trained = run_step(
             "training",
             ["train", "--train-data", cfg.train_month, "--val-data", cfg.val_month, "--model-name", MODEL_NAME],
-            self.env,
+            self.env("training"),
             cfg.logs / "train.log",
         )["json"]
         progress(
@@ -153,7 +152,7 @@ class Stack:
         )
 
         resolved = run_step(
-            "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env, cfg.logs / "storage-uri.log"
+            "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env(), cfg.logs / "storage-uri.log"
         )["json"]
         self.model = {**trained, **resolved}
         progress(f"{MODEL_NAME}@staging is version {resolved['version']} at {resolved['source']}")
@@ -178,7 +177,11 @@ class Stack:
     def save(self) -> None:
         state = {name: proc.proc.pid for name, proc in self.procs.items()}
         state["s3"] = self.s3.pid
-        (self.cfg.state / "stack.json").write_text(json.dumps({"pids": state, "model": self.model}, indent=2))
+        # Each component's keys (moto makes them at start), for whatever is run against the stack while it is up.
+        users = {"admin": [self.s3.access_key, self.s3.secret_key], **{u: list(k) for u, k in self.s3.users.items()}}
+        path = self.cfg.state / "stack.json"
+        path.write_text(json.dumps({"pids": state, "model": self.model, "s3": {"url": self.s3.url, "users": users}}, indent=2))
+        path.chmod(0o600)
 
     def count_logged(self) -> int:
         bucket, _, prefix = LOG_URI.removeprefix("s3://").partition("/")
@@ -208,7 +211,7 @@ def demo(cfg: Config) -> dict:
             "monitoring",
             ["--reference", f"models:/{MODEL_NAME}@staging", "--current", LOG_URI, "--window", "24h",
              "--report-uri", str(cfg.state / "monitoring"), "--actuals", str(actuals), "--log-to-mlflow"],
-            stack.env,
+            stack.env("drift"),
             cfg.logs / "drift.log",
         )  # fmt: skip
         progress("drift job done")
@@ -268,7 +271,8 @@ def up(cfg: Config) -> None:
     stack.save()
     print(f"\nthe stack is up (state in {cfg.state}); `make down` stops it.")
     print(f"MLflow UI      {stack.mlflow_url}")
-    print(f"S3             {stack.s3.url} (key {stack.s3.access_key}, secret {stack.s3.secret_key})")
+    print(f"S3             {stack.s3.url} (admin key {stack.s3.access_key}, secret {stack.s3.secret_key}; "
+          f"each component's keys in {cfg.state / 'stack.json'})")
     print(f"try it         {CURL.format(port=cfg.transformer_port)}")
 
 
