@@ -212,7 +212,7 @@ class S3Endpoint:
         from botocore.exceptions import ClientError
 
         try:
-            self.client("transformer").list_buckets()
+            self.client("transformer").get_object(Bucket="mlflow", Key="model.pkl")
         except ClientError as e:
             if e.response["Error"]["Code"] == "AccessDenied":
                 return
