@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import requests
+import yaml
 from botocore.exceptions import ClientError
 
 from harness import BUCKETS, POLICIES, ROOT, USERS, read_prediction_logs, start_transformer, unique, wait_until
@@ -132,6 +133,21 @@ def test_only_the_containers_that_call_the_api_mount_a_token(docs):
             files = {f"{kind}:{item['path']}" for source in sources for kind, v in source.items()
                      for item in v.get("items", [v])}  # fmt: skip
             assert files == {"serviceAccountToken:token", "configMap:ca.crt", "downwardAPI:namespace"}
+
+
+def test_nothing_is_exposed_outside_the_cluster(docs):
+    """Reached only through `kubectl port-forward`: ClusterIP Services, a cluster-local InferenceService, no host
+    ports, host network or host paths, and no port of the kind node mapped onto the host."""
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", doc["metadata"]["name"]
+        if doc["kind"] == "InferenceService":
+            assert doc["metadata"]["labels"]["networking.kserve.io/visibility"] == "cluster-local"
+    for kind, name, _, pod, listed in pods(docs):
+        assert not pod.get("hostNetwork") and not any("hostPath" in v for v in pod.get("volumes", [])), f"{kind}/{name}"
+        assert not any("hostPort" in port for c in listed for port in c.get("ports", [])), f"{kind}/{name}"
+    kind_config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert not any("extraPortMappings" in node for node in kind_config["nodes"])
 
 
 def grants(document: dict) -> dict[str, set[str]]:
