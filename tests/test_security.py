@@ -328,3 +328,19 @@ def test_a_component_is_never_handed_the_admin_key(s3):
     assert len(keys) == len(USERS) and s3.access_key not in keys
     with pytest.raises(StackError, match="no S3 user 'root'"):
         s3.env_for("root")
+
+
+def test_every_protected_row_of_security_md_names_tests_that_exist():
+    """A row without a test, or naming one that was renamed away, is a claim nothing checks."""
+    text = (ROOT / "SECURITY.md").read_text()
+    table = next(b for b in text.split("## Protected, and how")[1].split("\n\n") if b.startswith("| concern"))
+    rows = [row for row in table.splitlines()[2:] if row.startswith("|")]
+    assert len(rows) >= 10
+    for row in rows:
+        proof = row.rstrip("|").rsplit("|", 1)[1]
+        cited = re.findall(r"`(?:(test_\w+\.py))?::(test_\w+)`", proof)
+        assert cited, f"no test named in: {row[:60]}"
+        module = None
+        for file, name in cited:
+            module = file or module
+            assert re.search(rf"^def {name}\(", (ROOT / "tests" / module).read_text(), re.M), f"{module}::{name}"
