@@ -13,6 +13,8 @@ KIND ?= kind
 DOCKER ?= docker
 CLUSTER_NAME ?= taxi-mlops
 NAMESPACE := taxi-mlops
+# One MinIO user per component, named after its policy document; `make secret` makes each one's Secret s3-USER.
+S3_USERS := $(sort $(basename $(notdir $(wildcard manifests/base/s3-policies/*.json))))
 OVERLAY ?= manifests/overlays/kind
 # Generated, git-ignored: $(OVERLAY) with every image tagged TAG (`make overlay`).
 BUILD_DIR ?= .build
@@ -55,8 +57,8 @@ up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transf
 	$(STACK) up
 
 .PHONY: traffic
-traffic: setup ## Replay rides of a month through the transformer on localhost (local stack or port-forward)
-	$(STACK) traffic --url http://localhost:$(LOCAL_PORT)
+traffic: setup ## Replay rides through localhost:LOCAL_PORT and report their actual durations to s3://actuals (local stack, or the cluster's port-forward)
+	@if [ -f "$${STATE_DIR:-.local}/stack.json" ]; then $(STACK) traffic --url http://localhost:$(LOCAL_PORT); else 	$(call minio-as,s3-dispatcher,AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY); 	$(STACK) traffic --url http://localhost:$(LOCAL_PORT); fi
 
 .PHONY: down
 down: ## Stop the local stack started by `make up`
@@ -109,16 +111,25 @@ images: check-docker check-kind check-tag ## Build the three images tagged TAG (
 	done
 
 .PHONY: secret
-secret: check-kubectl ## Create the S3 credentials (random, per cluster, never in git) annotated for KServe
-	@echo "==> secret s3-credentials"
+secret: check-kubectl ## Create MinIO's root credentials and one S3 user's per component (random, per cluster, never in git)
+	@echo "==> secrets minio-root and $(addprefix s3-,$(S3_USERS))"
 	$(KUBECTL) apply -f manifests/base/namespace.yaml
-	@$(KUBECTL) get secret s3-credentials -n $(NAMESPACE) >/dev/null 2>&1 || \
-		$(KUBECTL) create secret generic s3-credentials -n $(NAMESPACE) \
-			"--from-literal=AWS_ACCESS_KEY_ID=taxi-$$(openssl rand -hex 4)" \
-			"--from-literal=AWS_SECRET_ACCESS_KEY=$$(openssl rand -hex 24)"
-	$(KUBECTL) annotate --overwrite secret s3-credentials -n $(NAMESPACE) \
+	@$(KUBECTL) get secret minio-root -n $(NAMESPACE) >/dev/null 2>&1 || \
+		$(KUBECTL) create secret generic minio-root -n $(NAMESPACE) \
+			"--from-literal=MINIO_ROOT_USER=taxi-$$(openssl rand -hex 4)" \
+			"--from-literal=MINIO_ROOT_PASSWORD=$$(openssl rand -hex 24)"
+	$(foreach user,$(S3_USERS),$(call s3-user-secret,$(user)))
+	$(KUBECTL) annotate --overwrite secret s3-predictor -n $(NAMESPACE) \
 		serving.kserve.io/s3-endpoint=minio.$(NAMESPACE):9000 serving.kserve.io/s3-usehttps=0 \
 		serving.kserve.io/s3-region=us-east-1 serving.kserve.io/s3-verifyssl=0
+
+# $(call s3-user-secret,USER): the Secret s3-USER with USER's keys, kept when it exists (the set-up Job makes the user).
+define s3-user-secret
+@$(KUBECTL) get secret s3-$(1) -n $(NAMESPACE) >/dev/null 2>&1 || \
+	$(KUBECTL) create secret generic s3-$(1) -n $(NAMESPACE) "--from-literal=AWS_ACCESS_KEY_ID=$(1)" \
+		"--from-literal=AWS_SECRET_ACCESS_KEY=$$(openssl rand -hex 24)"
+
+endef
 
 .PHONY: overlay
 overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged TAG (git-ignored, rewritten each time)
@@ -130,11 +141,12 @@ overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged T
 		> $(TAGGED_OVERLAY)/kustomization.yaml
 
 .PHONY: apply
-apply: check-kubectl overlay ## Apply the manifests (MinIO, buckets, MLflow, RBAC, drift CronJob) and wait for them
+apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and users, MLflow, RBAC, drift CronJob) and wait for them
 	@echo "==> manifests $(OVERLAY), tag $(TAG)"
+	$(KUBECTL) delete job minio-setup -n $(NAMESPACE) --ignore-not-found
 	$(KUBECTL) apply -k $(TAGGED_OVERLAY) -l 'app.kubernetes.io/component!=training'
 	$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s
-	@$(call wait-job,buckets,300)
+	@$(call wait-job,minio-setup,300)
 
 .PHONY: train
 train: check-kubectl overlay ## (Re)run the training Job on TRAIN_DATA/VAL_DATA: register, gate @staging, roll the InferenceService
@@ -150,10 +162,7 @@ train: check-kubectl overlay ## (Re)run the training Job on TRAIN_DATA/VAL_DATA:
 .PHONY: upload-data
 upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster's s3://data/ (for clusters without internet)
 	@test -n "$(DATA_DIR)" || { echo "set DATA_DIR to a folder of green_tripdata_YYYY-MM.parquet files"; exit 1; }
-	@$(KUBECTL) port-forward -n $(NAMESPACE) service/minio 19000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; \
-	export AWS_ENDPOINT_URL=http://localhost:19000 \
-		AWS_ACCESS_KEY_ID=$$($(KUBECTL) get secret s3-credentials -n $(NAMESPACE) -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d) \
-		AWS_SECRET_ACCESS_KEY=$$($(KUBECTL) get secret s3-credentials -n $(NAMESPACE) -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d); \
+	@$(call minio-as,minio-root,MINIO_ROOT_USER,MINIO_ROOT_PASSWORD); \
 	$(STACK) upload --to s3://data/ $(DATA_DIR)/green_tripdata_*.parquet
 	@echo "now: make train TRAIN_DATA=s3://data/green_tripdata_2022-01.parquet VAL_DATA=s3://data/green_tripdata_2022-02.parquet"
 
@@ -174,12 +183,12 @@ drift: check-kubectl ## Run the drift CronJob now and print its table (exit 1 wh
 	$(call wait-job,$$job,900); \
 	$(KUBECTL) logs -n $(NAMESPACE) job/$$job
 
-# Kept: the namespace, MinIO's and MLflow's volumes (labelled app.kubernetes.io/component=data) and the Secret,
+# Kept: the namespace, MinIO's and MLflow's volumes (labelled app.kubernetes.io/component=data) and the Secrets,
 # which no manifest holds. `make deploy` afterwards finds them again.
 .PHONY: undeploy
-undeploy: check-kubectl overlay ## Delete the InferenceService and the workloads; keep MinIO's and MLflow's data and the Secret (`make clean` wipes)
+undeploy: check-kubectl overlay ## Delete the InferenceService and the workloads; keep MinIO's and MLflow's data and the Secrets (`make clean` wipes)
 	@echo "==> deleting InferenceService trip-duration and every object of $(OVERLAY) except the namespace and the volumes"
-	@echo "    kept: namespace $(NAMESPACE), PersistentVolumeClaims minio-data and mlflow-db, Secret s3-credentials"
+	@echo "    kept: namespace $(NAMESPACE), PersistentVolumeClaims minio-data and mlflow-db, Secrets minio-root and $(addprefix s3-,$(S3_USERS))"
 	$(KUBECTL) delete inferenceservice trip-duration -n $(NAMESPACE) --ignore-not-found
 	$(KUBECTL) delete -k $(TAGGED_OVERLAY) -l 'app.kubernetes.io/component!=data' --ignore-not-found
 
@@ -191,6 +200,15 @@ clean: check-kind ## Delete the kind cluster, and with it every object and all d
 .PHONY: e2e
 e2e: setup ## End-to-end tests on a real kind cluster (skipped with the reason when docker or kind are missing)
 	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py
+
+# $(call minio-as,SECRET,KEY_ID_FIELD,SECRET_FIELD): for the rest of the recipe line, the cluster's MinIO on a local
+# port (a port-forward that ends with the line) with the S3 keys from that Secret in the AWS_* variables.
+define minio-as
+$(KUBECTL) port-forward -n $(NAMESPACE) service/minio 19000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; \
+export AWS_ENDPOINT_URL=http://localhost:19000 \
+	AWS_ACCESS_KEY_ID=$$($(KUBECTL) get secret $(1) -n $(NAMESPACE) -o jsonpath='{.data.$(2)}' | base64 -d) \
+	AWS_SECRET_ACCESS_KEY=$$($(KUBECTL) get secret $(1) -n $(NAMESPACE) -o jsonpath='{.data.$(3)}' | base64 -d)
+endef
 
 # $(call wait-job,NAME,SECONDS): wait up to SECONDS for Job NAME to complete, looking for its Failed condition
 # every 10 s; a Job that fails or does not complete in time prints its logs and stops make.

@@ -96,7 +96,6 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     s3 = S3Endpoint(work / "s3").start()
-    s3.create_buckets()
     procs: list[Process] = []
     try:
         mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)

@@ -74,7 +74,6 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     s3 = S3Endpoint(work / "s3").start()
-    s3.create_buckets()
     procs, state = [], {}
     try:
         mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)

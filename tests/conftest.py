@@ -26,7 +26,6 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3(workdir):
     endpoint = S3Endpoint(workdir / "s3").start()
-    endpoint.create_buckets()
     yield endpoint
     endpoint.stop()
 

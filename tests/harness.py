@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 
 from stack.processes import (  # noqa: F401  (re-exported for the tests)
+    BUCKETS,
+    POLICIES,
     ROOT,
+    USERS,
     Process,
     S3Endpoint,
     component_python,
@@ -142,7 +145,7 @@ def train(mlflow_url, s3, train_src, val_src, model_name, *extra):
         "--tracking-uri", mlflow_url,
         "--model-name", model_name,
         *extra,
-        env=s3.env,
+        env=s3.env_for("training"),
     )  # fmt: skip
 
 

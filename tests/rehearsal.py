@@ -8,6 +8,9 @@ The model checks, call by call, what makes a fresh cluster refuse an object or a
   Deployment behind it that was waited Available, and for cert-manager's own webhook the CA that cainjector
   injects, waited for (the webhook reports Available before the API server can trust it);
 - `kubectl wait`, `get`, `patch`, `annotate`, `logs` name objects that exist by then;
+- the pods of a Job waited for, of a Deployment waited Available and of the InferenceService find every ConfigMap and
+  Secret they name (env, envFrom, volumes, the predictor's ServiceAccount): a missing one leaves them waiting
+  (a Certificate's Secret counts as there: cert-manager makes it);
 - a client-side apply cannot carry an object over 256 KiB (its last-applied annotation would be too long).
 Not modelled, and said here so: controllers, pods, image pulls, and the CA that cert-manager injects into KServe's
 own webhooks (their Deployments mount the Secret of the Certificate the CA comes from, so they are not Available
@@ -519,6 +522,9 @@ class ApiServer:
             if (kind, condition) == ("CustomResourceDefinition", "condition=Established"):
                 self.established.add(name)
             elif (kind, condition) == ("Deployment", "condition=Available"):
+                missing = self.missing_references(obj["spec"]["template"].get("spec", {}), ns)
+                if missing:
+                    raise Refused(f"deployment/{name} never becomes Available: its pods wait for {missing}")
                 self.available.add((ns, name))
             elif kind in WEBHOOK_KINDS and condition == "jsonpath={.webhooks[0].clientConfig.caBundle}":
                 self.ca_injected.add((kind, name))
@@ -550,11 +556,10 @@ class ApiServer:
         account = pod.get("serviceAccountName", "default")
         if account != "default" and not self.get("", "ServiceAccount", ns, account):
             raise Refused(f"job/{job['metadata']['name']}: serviceaccount {account} not found")
+        missing = self.missing_references(pod, ns)
+        if missing:
+            raise Refused(f"job/{job['metadata']['name']}: {missing} not found")
         for container in pod.get("initContainers", []) + pod["containers"]:
-            for source in container.get("envFrom", []):
-                for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
-                    if ref in source and not self.get("", kind, ns, source[ref]["name"]):
-                        raise Refused(f"job/{job['metadata']['name']}: {kind.lower()} {source[ref]['name']} not found")
             if container.get("args", [])[:1] == ["deploy"]:
                 env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
                 isvc = self.render_isvc({**env, "POD_NAMESPACE": ns})
@@ -563,6 +568,25 @@ class ApiServer:
                     self.authorize(ns, account, "inferenceservices", "serving.kserve.io", verb)
                 self.check_inferenceservice(isvc)
                 self.put(isvc, ns, actor=f"serviceaccount {account}")
+
+    def missing_references(self, pod: dict, ns: str) -> str | None:
+        """The first ConfigMap or Secret a pod names (env, envFrom, volumes) that does not exist: the kubelet waits."""
+        # cert-manager makes the Secret of each Certificate (a controller: its timing is not modelled).
+        issued = {c["spec"].get("secretName") for c in self.find("cert-manager.io", "Certificate", ns)}
+        containers = pod.get("initContainers", []) + pod.get("containers", [])
+        sources = [(s, "Ref") for c in containers for s in c.get("envFrom", [])]
+        sources += [(e["valueFrom"], "KeyRef") for c in containers for e in c.get("env", []) if "valueFrom" in e]
+        for volume in pod.get("volumes", []):
+            sources += [(v, "") for v in [volume, *volume.get("projected", {}).get("sources", [])]]
+        for source, suffix in sources:
+            for kind, field in (("ConfigMap", f"configMap{suffix}"), ("Secret", f"secret{suffix}")):
+                ref = source.get(field)
+                name = ref and (ref.get("name") or ref.get("secretName"))
+                if not name or (kind, name) == ("ConfigMap", "kube-root-ca.crt"):  # published in every namespace
+                    continue
+                if not self.get("", kind, ns, name) and name not in issued:
+                    return f"{kind.lower()} {name}"
+        return None
 
     def authorize(self, namespace: str, account: str, resource: str, group: str, verb: str) -> None:
         roles = [self.get("rbac.authorization.k8s.io", "Role", namespace, b["roleRef"]["name"])
@@ -578,10 +602,16 @@ class ApiServer:
         runtime = predictor["model"]["runtime"]
         if not self.get("serving.kserve.io", "ClusterServingRuntime", "", runtime):
             raise Refused(f"InferenceService {isvc['metadata']['name']}: ClusterServingRuntime {runtime} not found")
-        if not self.get("", "ServiceAccount", ns, predictor["serviceAccountName"]):
+        account = self.get("", "ServiceAccount", ns, predictor["serviceAccountName"])
+        if not account:
             raise Refused(
                 f"InferenceService {isvc['metadata']['name']}: serviceaccount {predictor['serviceAccountName']} not found"
             )
+        # KServe's storage initializer reads the account's secrets; the transformer names its own.
+        pods = [{"volumes": [{"secret": {"secretName": s["name"]}} for s in account.get("secrets", [])]}]
+        missing = next(filter(None, (self.missing_references(p, ns) for p in pods + [isvc["spec"]["transformer"]])), None)
+        if missing:
+            raise Refused(f"InferenceService {isvc['metadata']['name']}: {missing} not found")
         config = self.get("", "ConfigMap", "kserve", "inferenceservice-config")
         if not config or json.loads(config["data"]["deploy"]).get("defaultDeploymentMode") != "Standard":
             raise Refused("inferenceservice-config does not default to Standard when the InferenceService arrives")

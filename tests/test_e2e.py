@@ -10,13 +10,15 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
 
-from harness import ROOT, Process, free_port, wait_until
+from harness import ROOT, USERS, Process, free_port, wait_until
+from test_security import ACCESS, denied, observed
 
 pytestmark = pytest.mark.e2e
 NAMESPACE = "taxi-mlops"
@@ -78,38 +80,61 @@ def transformer(deployed, tmp_path):
         yield port
 
 
+def secret(name: str, key: str) -> str:
+    return base64.b64decode(kubectl("get", "secret", name, "-n", NAMESPACE, "-o", f"jsonpath={{.data.{key}}}")).decode()
+
+
 @pytest.fixture(scope="module")
-def predictions(deployed, tmp_path_factory):
-    """Reads the prediction-log records in s3://predictions/logs, through a port-forward to MinIO."""
+def minio(deployed, tmp_path_factory):
+    """MinIO through a port-forward: `client()` as its root, `client(user)` with the keys of Secret s3-<user>."""
     import boto3
 
-    def secret(key: str) -> str:
-        return base64.b64decode(
-            kubectl("get", "secret", "s3-credentials", "-n", NAMESPACE, "-o", f"jsonpath={{.data.{key}}}")
-        ).decode()
-
     with port_forward("minio", 9000, tmp_path_factory.mktemp("minio")) as port:
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id=secret("AWS_ACCESS_KEY_ID"), aws_secret_access_key=secret("AWS_SECRET_ACCESS_KEY"))  # fmt: skip
-        wait_until(lambda: s3.list_buckets() is not None, "MinIO through port-forward", timeout=60)
 
-        def since(start: datetime) -> dict[str, dict]:
-            """Records written since `start`, deduplicated by record_id (delivery is at-least-once)."""
-            records = {}
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket="predictions", Prefix="logs/"):
-                for item in page.get("Contents", []):
-                    if item["LastModified"] < start - timedelta(seconds=5):
-                        continue
-                    body = s3.get_object(Bucket="predictions", Key=item["Key"])["Body"].read()
-                    if item["Key"].endswith(".gz"):
-                        body = gzip.decompress(body)
-                    for line in body.decode().splitlines():
-                        record = json.loads(line)
-                        if datetime.fromisoformat(record["ts"].replace("Z", "+00:00")) >= start - timedelta(seconds=1):
-                            records[record["record_id"]] = record
-            return records
+        def client(user: str | None = None):
+            keys = ((secret("minio-root", "MINIO_ROOT_USER"), secret("minio-root", "MINIO_ROOT_PASSWORD")) if user is None
+                    else (secret(f"s3-{user}", "AWS_ACCESS_KEY_ID"), secret(f"s3-{user}", "AWS_SECRET_ACCESS_KEY")))  # fmt: skip
+            return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                                aws_access_key_id=keys[0], aws_secret_access_key=keys[1])  # fmt: skip
 
-        yield since
+        wait_until(lambda: client().list_buckets() is not None, "MinIO through port-forward", timeout=60)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def predictions(minio):
+    """Reads the prediction-log records in s3://predictions/logs, as MinIO's root."""
+    s3 = minio()
+
+    def since(start: datetime) -> dict[str, dict]:
+        """Records written since `start`, deduplicated by record_id (delivery is at-least-once)."""
+        records = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="predictions", Prefix="logs/"):
+            for item in page.get("Contents", []):
+                if item["LastModified"] < start - timedelta(seconds=5):
+                    continue
+                body = s3.get_object(Bucket="predictions", Key=item["Key"])["Body"].read()
+                if item["Key"].endswith(".gz"):
+                    body = gzip.decompress(body)
+                for line in body.decode().splitlines():
+                    record = json.loads(line)
+                    if datetime.fromisoformat(record["ts"].replace("Z", "+00:00")) >= start - timedelta(seconds=1):
+                        records[record["record_id"]] = record
+        return records
+
+    yield since
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_minio_allows_each_components_key_exactly_its_row(minio, user):
+    """The policies the set-up Job gave MinIO, tried with the keys `make secret` made."""
+    assert observed(minio(user), minio(), f"access-check/{uuid.uuid4().hex}") == ACCESS[user]
+
+
+def test_minio_refuses_the_transformer_a_model_write_and_the_drift_job_a_log_write(minio):
+    key = f"access-check/{uuid.uuid4().hex}/model.pkl"
+    assert denied(minio("transformer").put_object, Bucket="mlflow", Key=key, Body=b"not a model")
+    assert denied(minio("drift").put_object, Bucket="predictions", Key=key, Body=b"not a log")
 
 
 def test_make_predict_returns_the_workshops_ride_with_ride_id_and_model_version(transformer):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, USERS
 
 VERSIONS = dict(re.findall(r"^(\w+)=(\S+)$", (ROOT / "versions.env").read_text(), re.M))
 
@@ -85,7 +85,8 @@ def test_undeploy_says_what_it_deletes_and_what_it_keeps(tmp_path):
     proc, calls = make("undeploy", tmp_path, "complete")
     assert proc.returncode == 0, proc.stderr
     assert (
-        "kept: namespace taxi-mlops, PersistentVolumeClaims minio-data and mlflow-db, Secret s3-credentials"
+        "kept: namespace taxi-mlops, PersistentVolumeClaims minio-data and mlflow-db, Secrets minio-root and "
+        + " ".join(f"s3-{user}" for user in USERS)
         in proc.stdout
     )
     assert calls == ["delete inferenceservice trip-duration -n taxi-mlops --ignore-not-found",

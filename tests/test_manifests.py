@@ -76,15 +76,11 @@ def test_no_credentials_in_manifests(rendered):
     assert not re.search(r'(SECRET_ACCESS_KEY|PASSWORD)", "value":', text)
 
 
-def test_containers_are_locked_down(rendered):
+def test_our_images_are_never_pulled_and_carry_the_tag(rendered):
     for doc in rendered:
         for c in containers(doc):
-            where = f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}"
-            sc = c.get("securityContext", {})
-            assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities") == {"drop": ["ALL"]}, where
-            assert sc.get("readOnlyRootFilesystem") is True, where
-            assert c.get("resources", {}).get("limits") and c["resources"].get("requests"), where
             if c["image"].startswith("taxi-mlops/"):
+                where = f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}"
                 assert c["imagePullPolicy"] == "IfNotPresent" and c["image"].endswith(f":{TAG}"), where
 
 
@@ -162,7 +158,7 @@ def test_kind_drift_job_looks_every_10_minutes_at_the_last_hour(tmp_path):
     """The README's claim, and what makes `make drift` right after `make traffic` see exactly that traffic."""
     docs = kustomize_tagged(tmp_path)
     cron = next(d for d in docs if d["kind"] == "CronJob")
-    config = next(d["data"] for d in docs if d["kind"] == "ConfigMap")
+    config = next(d["data"] for d in docs if d["metadata"]["name"].startswith("taxi-mlops-config"))
     assert cron["spec"]["schedule"] == "*/10 * * * *" and config["DRIFT_WINDOW"] == "1h"
     assert "--window=$(DRIFT_WINDOW)" in containers(cron)[0]["args"]
 
@@ -195,7 +191,7 @@ def check_entrypoint(component: str, container: dict, config: dict | None = None
 
 def test_every_container_command_is_a_real_entrypoint(rendered):
     checked = set()
-    config = next(d["data"] for d in rendered if d["kind"] == "ConfigMap")
+    config = next(d["data"] for d in rendered if d["metadata"]["name"].startswith("taxi-mlops-config"))
     for doc in rendered:
         for c in containers(doc):
             component = image_component(c["image"])
@@ -228,14 +224,15 @@ EXPECTED_ISVC = {
         "image": f"taxi-mlops/transformer:{TAG}",
         "args": ["--predictor_protocol", "v2"],
         "env": {"MODEL_VERSION": "7", "PREDICTION_LOG_URI": "s3://predictions/logs", "PREDICTION_LOG_SPILL_DIR": "/spill",
-                "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "secret s3-credentials/AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY": "secret s3-credentials/AWS_SECRET_ACCESS_KEY"},
+                "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "secret s3-transformer/AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY": "secret s3-transformer/AWS_SECRET_ACCESS_KEY"},
     },
 }  # fmt: skip
 
 
 def semantic(isvc: dict) -> dict:
-    """What the InferenceService means, without formatting or resource sizes."""
+    """What the InferenceService means, without formatting, resource sizes or how its containers are locked down
+    (test_security.py walks those)."""
     predictor = isvc["spec"]["predictor"]
     container = isvc["spec"]["transformer"]["containers"][0]
 
@@ -252,7 +249,7 @@ def semantic(isvc: dict) -> dict:
         "metadata": {**isvc["metadata"], "annotations": annotations},
         "predictor": {
             "serviceAccountName": predictor["serviceAccountName"],
-            "model": {k: v for k, v in predictor["model"].items() if k != "resources"},
+            "model": {k: v for k, v in predictor["model"].items() if k not in ("resources", "securityContext", "volumeMounts")},
         },
         "transformer": {
             "image": container["image"],
@@ -433,7 +430,10 @@ def test_make_deploy_shows_the_whole_sequence_in_upstreams_order_without_side_ef
         "/kserve-cluster-resources.yaml",
         "docker build -f $image/Dockerfile --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:",
         "kind load docker-image",
-        "create secret generic s3-credentials",
+        "create secret generic minio-root",
+        "create secret generic s3-dispatcher",
+        "annotate --overwrite secret s3-predictor",
+        "delete job minio-setup",
         f"apply -k {build}/overlay -l 'app.kubernetes.io/component!=training'",
         "wait --for=condition=Complete job/training",
         "wait --for=condition=Ready inferenceservice/trip-duration",

@@ -57,7 +57,7 @@ def logs(workdir, s3, predictor, model, months):
 
 
 def drift(s3, mlflow_url, *args, env=None):
-    return run_cli("monitoring", *args, "--tracking-uri", mlflow_url, env={**s3.env, **(env or {})})
+    return run_cli("monitoring", *args, "--tracking-uri", mlflow_url, env={**s3.env_for("drift"), **(env or {})})
 
 
 def test_logs_like_the_reference_are_not_drift(s3, mlflow_url, model, logs, workdir):
@@ -97,6 +97,10 @@ def test_logs_like_the_reference_are_not_drift(s3, mlflow_url, model, logs, work
     runs = requests.post(f"{mlflow_url}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id(mlflow_url)]},
                          timeout=10).json()["runs"]  # fmt: skip
     assert any(m["key"] == "p_value_trip_distance" for r in runs for m in r["data"]["metrics"])
+    # Its MLflow artifacts go next to the reports: the drift job's key may not write where the models are.
+    artifacts = {r["info"]["artifact_uri"] for r in runs}
+    assert all(a.startswith(f"{report_uri}/mlflow/") for a in artifacts), artifacts
+    assert any(k.endswith("/summary.json") for a in artifacts for k in s3.keys("monitoring", a.split("/", 3)[3]))
 
 
 def experiment_id(mlflow_url: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, component_python
+from harness import ROOT, USERS, component_python
 from rehearsal import ApiServer, calls, cert_manager_release, load, replay
 from test_manifests import TAG, kustomize
 
@@ -19,6 +19,8 @@ VERSIONS = dict(re.findall(r"^(\w+)=(\S+)$", (ROOT / "versions.env").read_text()
 UPSTREAM = ROOT.parent / "shared" / "upstream"
 # The sequence `make deploy` ran before the install order was fixed: `make -n deploy` at commit cff6e85.
 BEFORE = (Path(__file__).parent / "recorded" / "make-n-deploy.before.txt").read_text()
+# What `make secret` creates: MinIO's root, and one per component's S3 user (one per policy document).
+SECRETS = ["minio-root", *(f"s3-{user}" for user in USERS)]
 CERT_MANAGER = re.compile(r"https://github\.com/cert-manager/cert-manager/releases/download/v[\d.]+/cert-manager\.yaml")
 KSERVE = re.compile(r"https://github\.com/kserve/kserve/releases/download/(v[\d.]+)/([\w-]+\.yaml)")
 
@@ -129,20 +131,27 @@ def test_undeploy_keeps_the_data_and_deploy_runs_again(deployed):
     after = replay(make_n("undeploy", build), server)
     assert after.failed is None, after.errors
     kept = {(k[1], k[3]) for k in server.objects if k[2] == "taxi-mlops"}
-    assert {
-        ("PersistentVolumeClaim", "minio-data"),
-        ("PersistentVolumeClaim", "mlflow-db"),
-        ("Secret", "s3-credentials"),
-    } <= kept
+    assert {("PersistentVolumeClaim", "minio-data"), ("PersistentVolumeClaim", "mlflow-db"),
+            *(("Secret", name) for name in SECRETS)} <= kept  # fmt: skip
     assert server.get("", "Namespace", "", "taxi-mlops")
     gone = {("InferenceService", "trip-duration"), ("Deployment", "minio"), ("Deployment", "mlflow"), ("CronJob", "drift"),
             ("Job", "training"), ("Role", "inferenceservice-deployer")}  # fmt: skip
     assert not gone & kept
     again = replay(make_n("deploy", build), server)
     assert again.failed is None, again.errors
-    assert server.log.count("kubectl created Secret/s3-credentials -n taxi-mlops") == 1, (
-        "the Secret was kept, not remade"
-    )
+    for name in SECRETS:
+        assert server.log.count(f"kubectl created Secret/{name} -n taxi-mlops") == 1, f"{name} was kept, not remade"
+
+
+def test_a_secret_make_secret_forgets_fails_the_set_up_job_that_needs_them_all(deployed):
+    """Every component's Secret is referenced by MinIO's set-up Job: the rehearsal sees one go missing."""
+    _, build = deployed
+    script = make_n("deploy", build)
+    forgot = re.sub(r"^.*create secret generic s3-transformer .*\n", "", script, flags=re.M)
+    assert forgot != script
+    outcome = replay(forgot, cluster())
+    assert outcome.failed and "job/minio-setup" in outcome.failed.line
+    assert "secret s3-transformer not found" in outcome.errors
 
 
 # The model's rules, each shown to refuse, on small sequences (so a rule that never fires is noticed).

@@ -37,11 +37,11 @@ def test_train_registers_model_that_kserve_can_load(mlflow_url, s3, months, tmp_
     assert out["storage_uri"].startswith("s3://mlflow/")
 
     resolved = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name,
-                       "--alias", "staging", env=s3.env)  # fmt: skip
+                       "--alias", "staging")  # fmt: skip
     assert resolved.returncode == 0, resolved.stderr
     assert resolved.json == {"run_id": out["run_id"], "version": "1", "source": out["storage_uri"]}
     synonym = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name,
-                      "--stage-name", "staging", env=s3.env)  # fmt: skip
+                      "--stage-name", "staging")  # fmt: skip
     assert synonym.json == resolved.json
 
     files = s3.download_dir(resolved.json["source"], tmp_path / "model")
@@ -70,13 +70,13 @@ def test_worse_model_does_not_move_staging(mlflow_url, s3, months):
     assert worse.json["rmse"] > good.json["rmse"]
     assert "rmse" in worse.json["reason"] and "staging" in worse.json["reason"]
 
-    staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name)
     assert staged.json["version"] == "1"
 
     # The same run passes with a margin generous enough: the gate is configurable.
     lenient = train(mlflow_url, s3, months["noise"], months["val"], name, "--gate-margin", "-1000")
     assert lenient.json["promoted"] is True
-    staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    staged = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name)
     assert staged.json["version"] == lenient.json["version"] == "3"
 
 
@@ -145,15 +145,14 @@ def test_csv_source_and_s3_source(mlflow_url, s3, months):
 
 
 def test_missing_alias_and_model_exit_1(mlflow_url, s3, months):
-    missing = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", unique("none"),
-                      env=s3.env)  # fmt: skip
+    missing = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", unique("none"))
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
     name = unique("alias")
     assert train(mlflow_url, s3, months["train"], months["val"], name).returncode == 0
     no_alias = run_cli("training", "storage-uri", "--tracking-uri", mlflow_url, "--model-name", name,
-                       "--alias", "production", env=s3.env)  # fmt: skip
+                       "--alias", "production")  # fmt: skip
     assert no_alias.returncode == 1
     assert "@production" in no_alias.stderr
 
@@ -210,18 +209,20 @@ def test_help_explains_sources():
 
 def test_proxied_artifacts_map_to_s3(workdir, s3, months, tmp_path):
     """With --serve-artifacts the registry hands out mlflow-artifacts:/ URIs; KServe needs s3://."""
-    proc, url = mlflow_server(workdir / "mlflow-proxied", s3, "--serve-artifacts", "--artifacts-destination", "s3://mlflow/proxied")
+    # A proxying server writes the artifacts itself: it needs the rights of the one that logs them.
+    proc, url = mlflow_server(workdir / "mlflow-proxied", s3, "--serve-artifacts", "--artifacts-destination",
+                              "s3://mlflow/proxied", user="training")  # fmt: skip
     try:
         name = unique("proxied")
         result = train(url, s3, months["train"], months["val"], name, "--artifacts-destination", "s3://mlflow/proxied")
         assert result.returncode == 0, result.stderr
         assert result.json["storage_uri"].startswith("s3://mlflow/proxied/")
 
-        unmapped = run_cli("training", "storage-uri", "--tracking-uri", url, "--model-name", name, env=s3.env)
+        unmapped = run_cli("training", "storage-uri", "--tracking-uri", url, "--model-name", name)
         assert unmapped.returncode == 1 and "--artifacts-destination" in unmapped.stderr
 
         mapped = run_cli("training", "storage-uri", "--tracking-uri", url, "--model-name", name,
-                         env={**s3.env, "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/proxied"})  # fmt: skip
+                         env={"MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/proxied"})  # fmt: skip
         assert mapped.json["source"] == result.json["storage_uri"]
         files = s3.download_dir(mapped.json["source"], tmp_path / "model")
         assert "model.pkl" in {f.name for f in files}

@@ -18,6 +18,7 @@ from monitoring.inputs import Reference, ReferenceResolver, live_actuals, live_e
 from ride import PREDICTION, RIDE_ID, store
 
 log = logging.getLogger("monitoring")
+MLFLOW_EXPERIMENT = "trip-duration-monitoring"
 
 
 class UsageError(Exception):
@@ -84,7 +85,7 @@ def run(args) -> dict:
         summary["report"] = write_reports(args.report_uri, until, summary, versions)
     print_table(summary, versions)
     if args.log_to_mlflow:
-        log_to_mlflow(args.tracking_uri, summary)
+        log_to_mlflow(args.tracking_uri, summary, store.join(args.report_uri, "mlflow") if args.report_uri else None)
     if (drifted or degraded) and os.environ.get("ALERT_WEBHOOK_URL"):
         send_alert(os.environ["ALERT_WEBHOOK_URL"], summary)
     print(json.dumps(summary, default=str))
@@ -176,13 +177,16 @@ def live_error_line(perf: dict | None) -> str:
             f"with actuals): RMSE {perf['rmse']:.2f}{ratio}, MAE {perf['mae']:.2f}: {verdict}")  # fmt: skip
 
 
-def log_to_mlflow(tracking_uri: str | None, summary: dict) -> None:
+def log_to_mlflow(tracking_uri: str | None, summary: dict, artifact_location: str | None) -> None:
     import mlflow
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment("trip-duration-monitoring")
+        # The experiment keeps its artifacts next to the reports: the drift job may write there, not where models are.
+        if artifact_location and mlflow.get_experiment_by_name(MLFLOW_EXPERIMENT) is None:
+            mlflow.create_experiment(MLFLOW_EXPERIMENT, artifact_location=artifact_location)
+        mlflow.set_experiment(MLFLOW_EXPERIMENT)
         for judged in summary["versions"]:
             # MLflow prints run links on stdout, which is the table and the JSON line here.
             with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=f"drift {summary['window']['until']}"):

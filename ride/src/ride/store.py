@@ -1,15 +1,20 @@
 """Objects at `s3://bucket/key` or a local path: the one way every component reads and writes them.
 
 fsspec (s3fs for s3://), from the caller's environment. S3's endpoint and credentials come from the
-environment as for every AWS client: AWS_ENDPOINT_URL (MinIO, moto), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+environment as for every AWS client: AWS_ENDPOINT_URL (MinIO, moto), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY;
+a process that acts for someone else passes that identity as `credentials` (an environment of those names).
 """
 
 from __future__ import annotations
 
 
-def _fs(uri: str):
+def _fs(uri: str, credentials: dict | None = None):
     from fsspec.core import url_to_fs
 
+    if credentials and is_s3(uri):
+        options = {"key": credentials["AWS_ACCESS_KEY_ID"], "secret": credentials["AWS_SECRET_ACCESS_KEY"],
+                   "endpoint_url": credentials.get("AWS_ENDPOINT_URL")}  # fmt: skip
+        return url_to_fs(uri, **options)
     return url_to_fs(uri.removeprefix("file://"))
 
 
@@ -26,8 +31,8 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
-def write_bytes(uri: str, body: bytes) -> None:
-    fs, path = _fs(uri)
+def write_bytes(uri: str, body: bytes, credentials: dict | None = None) -> None:
+    fs, path = _fs(uri, credentials)
     if not is_s3(uri):
         fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path, "wb") as f:

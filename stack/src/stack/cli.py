@@ -114,9 +114,9 @@ class Stack:
         self.model: dict = {}  # what @staging resolves to: run_id, version, source
         self.trained: dict = {}  # the first training run's result
 
-    @property
-    def env(self) -> dict:
-        return {**self.s3.env, "MLFLOW_TRACKING_URI": self.mlflow_url}
+    def env(self, user: str | None = None) -> dict:
+        """A step's environment: MLflow, and S3 as `user` (as in the cluster, each component its own)."""
+        return {**(self.s3.env_for(user) if user else {}), "MLFLOW_TRACKING_URI": self.mlflow_url}
 
     @property
     def mlflow_url(self) -> str:
@@ -136,14 +136,13 @@ class Stack:
             processes.shutil.rmtree(cfg.state / "mlflow", ignore_errors=True)
         self.s3 = S3Endpoint(cfg.logs, port=cfg.s3_port, in_process=False)
         self.s3.start()
-        self.s3.create_buckets()
         progress(f"S3 ({self.s3.kind}) at {self.s3.url}")
 
         proc, _ = processes.mlflow_server(cfg.state / "mlflow", self.s3, port=cfg.mlflow_port)
         self.procs["mlflow"] = proc
         progress(f"MLflow at {self.mlflow_url} (sqlite in {cfg.state / 'mlflow'})")
 
-        os.environ.update(self.env)  # this process reads S3 too (log counts, actuals)
+        os.environ.update(self.s3.env_for())  # this process reads the logs back, as the operator
 
         self.trained = trained = self.train(["--train-data", cfg.train_month, "--val-data", cfg.val_month], "train")
         progress(
@@ -155,7 +154,8 @@ class Stack:
         progress(f"predictor at http://127.0.0.1:{cfg.predictor_port}, transformer at {self.transformer_url}")
 
     def train(self, args: list[str], log: str) -> dict:
-        return run_step("training", ["train", *args, "--model-name", MODEL_NAME], self.env, self.cfg.logs / f"{log}.log")["json"]
+        return run_step("training", ["train", *args, "--model-name", MODEL_NAME], self.env("training"),
+                        self.cfg.logs / f"{log}.log")["json"]  # fmt: skip
 
     def deploy(self) -> None:
         """What the cluster's deploy step does, on one machine: serve the version @staging holds.
@@ -166,7 +166,7 @@ class Stack:
             if name in self.procs:
                 self.procs.pop(name).stop(signal.SIGTERM)
         resolved = run_step(
-            "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env, cfg.logs / "storage-uri.log"
+            "training", ["storage-uri", "--model-name", MODEL_NAME, "--alias", "staging"], self.env(), cfg.logs / "storage-uri.log"
         )["json"]
         self.model = resolved
         proc, host = processes.start_predictor(cfg.logs, self.s3, resolved["source"], port=cfg.predictor_port)
@@ -182,7 +182,7 @@ class Stack:
         return run_step(
             "monitoring",
             ["--reference", f"models:/{MODEL_NAME}", "--current", LOG_URI, "--actuals", ACTUALS_URI, *args],
-            self.env,
+            self.env("drift"),
             self.cfg.logs / f"{log}.log",
         )
 
@@ -197,7 +197,11 @@ class Stack:
     def save(self) -> None:
         state = {name: proc.proc.pid for name, proc in self.procs.items()}
         state["s3"] = self.s3.pid
-        (self.cfg.state / "stack.json").write_text(json.dumps({"pids": state, "model": self.model}, indent=2))
+        # Each component's keys (moto makes them at start), for whatever is run against the stack while it is up.
+        users = {"admin": [self.s3.access_key, self.s3.secret_key], **{u: list(k) for u, k in self.s3.users.items()}}
+        path = self.cfg.state / "stack.json"
+        path.write_text(json.dumps({"pids": state, "model": self.model, "s3": {"url": self.s3.url, "users": users}}, indent=2))
+        path.chmod(0o600)
 
     def count_logged(self) -> int:
         return len(read_predictions(LOG_URI).frame)
@@ -215,7 +219,7 @@ def demo(cfg: Config) -> dict:
         stack.start(progress)
         rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides or None)
         replayed = traffic.replay(stack.transformer_url, rides)
-        actuals = traffic.write_actuals(ACTUALS_URI, rides)
+        actuals = traffic.write_actuals(ACTUALS_URI, rides, stack.s3.env_for("dispatcher"))
         stack.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
         logged = stack.count_logged()
         progress(f"replayed the first {len(rides):,} rides of {cfg.traffic_month} as a dispatcher sends them: "
@@ -280,7 +284,8 @@ def up(cfg: Config) -> None:
     stack.save()
     print(f"\nthe stack is up (state in {cfg.state}); `make down` stops it.")
     print(f"MLflow UI      {stack.mlflow_url}")
-    print(f"S3             {stack.s3.url} (key {stack.s3.access_key}, secret {stack.s3.secret_key})")
+    print(f"S3             {stack.s3.url} (admin key {stack.s3.access_key}, secret {stack.s3.secret_key}; "
+          f"each component's keys in {cfg.state / 'stack.json'})")
     print(f"try it         {CURL.format(port=cfg.transformer_port)}")
 
 
@@ -310,6 +315,17 @@ def down(cfg: Config) -> None:
             except ProcessLookupError:
                 pass
     path.unlink()
+
+
+def dispatcher(cfg: Config) -> dict:
+    """The dispatcher's S3 identity in the local stack `make up` started."""
+    path = cfg.state / "stack.json"
+    if not path.exists():
+        raise StackError("no S3 keys for the actuals: set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                         "(the dispatcher's), start the local stack (`make up`), or pass --actuals-uri ''")  # fmt: skip
+    s3 = json.loads(path.read_text())["s3"]
+    key, secret = s3["users"]["dispatcher"]
+    return {"AWS_ENDPOINT_URL": s3["url"], "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
 
 
 def upload(to: str, files: list[Path]) -> None:
@@ -345,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--month", default=os.environ.get("TRAFFIC_MONTH", "2022-02"), help="YYYY-MM or a TLC parquet file")
     t.add_argument("--rides", type=int, default=int(os.environ.get("TRAFFIC_RIDES", 3000)),
                    help="how many rides, from the month's first pick-up on; 0 sends every ride (default 3000)")
+    t.add_argument("--actuals-uri", default=ACTUALS_URI,
+                   help=f"where the rides' actual durations are reported, as the dispatcher's S3 user: the AWS_* "
+                   f"variables, else the local stack's (when `make up` runs); '' reports none (default {ACTUALS_URI})")  # fmt: skip
     u = sub.add_parser("upload", help="copy local files to an s3:// prefix (endpoint and keys from AWS_* variables)")
     u.add_argument("--to", required=True, help="s3://bucket/prefix/")
     u.add_argument("files", nargs="+", type=Path)
@@ -372,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
             replayed = traffic.replay(args.url, rides)
             print(f"replayed the first {len(rides):,} rides of {args.month} in pick-up order through {args.url}: "
                   f"{replayed.summary}")
+            if args.actuals_uri:
+                written = traffic.write_actuals(args.actuals_uri, rides, None if os.environ.get("AWS_ACCESS_KEY_ID") else dispatcher(cfg))
+                print(f"reported the actual durations of {written:,} rides to {args.actuals_uri}")
     except StackError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -31,7 +31,7 @@ def loop(cfg: Config) -> dict:
             """Replay `part` through what serves now, report the actuals, and judge that window."""
             since = datetime.now(timezone.utc)
             replayed = traffic.replay(stack.transformer_url, part)
-            traffic.write_actuals(ACTUALS_URI, part)
+            traffic.write_actuals(ACTUALS_URI, part, stack.s3.env_for("dispatcher"))
             stack.wait_logged(since, len(replayed.scored))
             args = ["--since", since.isoformat(), "--calibration-cache", str(cfg.state / "calibration")]
             judged = stack.drift(args, label.replace(" ", "-"))["json"]
@@ -65,10 +65,10 @@ def loop(cfg: Config) -> dict:
             raise StackError(f"a challenger trained on {cfg.train_month} again was promoted: {worse['reason']}")
         progress(f"a challenger trained on {cfg.train_month} again (version {worse['version']}) is turned down: {worse['reason']}")
 
-        rolled = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env, cfg.logs / "rollback.log")["json"]
+        rolled = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env("training"), cfg.logs / "rollback.log")["json"]
         stack.deploy()
         again = serve("the same rides after a rollback", second, f"rolled back to version {rolled['version']}; the same rides")
-        returned = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env, cfg.logs / "rollback-2.log")["json"]
+        returned = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env("training"), cfg.logs / "rollback-2.log")["json"]
         stack.deploy()
         progress(f"rolled back again: @staging is version {returned['version']}, @previous {returned['previous']}")
 

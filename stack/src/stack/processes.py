@@ -5,7 +5,9 @@ Used by `python -m stack` (make demo / up / down) and by the black-box tests, so
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +22,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[3]
 BUCKETS = ("mlflow", "predictions", "monitoring", "data", "actuals")
+# One S3 user per component, each with the policy document of its name: the documents the cluster's set-up Job
+# gives MinIO, read from the same files.
+POLICIES = ROOT / "manifests" / "base" / "s3-policies"
+USERS = tuple(sorted(p.stem for p in POLICIES.glob("*.json")))
 
 
 class StackError(Exception):
@@ -93,9 +99,13 @@ class Process:
 
 
 class S3Endpoint:
-    """MinIO when a `minio` binary is on PATH, else moto's server on 127.0.0.1.
+    """MinIO when a `minio` binary is on PATH, else moto's server on 127.0.0.1, enforcing the cluster's policies.
 
-    Both can be stopped and started again with their objects intact (MinIO keeps them on disk, moto's
+    Each component gets its own user with the policy document of the same name in POLICIES, as the set-up Job
+    gives it in the cluster; `env_for(user)` is that component's environment. `client()` is the admin (MinIO's
+    root, or a moto user allowed everything), for set-up and for reading S3 directly.
+
+    Both can be stopped and started again with their objects and users intact (MinIO keeps them on disk, moto's
     threaded server in this process's memory), which the fault tests rely on.
     """
 
@@ -106,14 +116,24 @@ class S3Endpoint:
         self.minio = shutil.which("minio")
         self.kind = "minio" if self.minio else "moto"
         self.in_process = in_process
+        # MinIO's root; moto checks no key until set-up is done, then the admin user's (made in `_provision_moto`).
         self.access_key, self.secret_key = ("taxi-local", "taxi-local-secret")
+        self.users: dict[str, tuple[str, str]] = {}  # user -> (access key, secret key)
         self._server = None
 
-    @property
-    def env(self) -> dict:
+    def _keys(self, user: str | None) -> tuple[str, str]:
+        if user is None:
+            return self.access_key, self.secret_key
+        if user not in self.users:
+            raise StackError(f"no S3 user {user!r}: the users are {', '.join(USERS)} (one per policy in {POLICIES})")
+        return self.users[user]
+
+    def env_for(self, user: str | None = None) -> dict:
+        """The environment of a process that reaches S3 as `user` (one of USERS), or as the admin."""
+        access_key, secret_key = self._keys(user)
         return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.url,
             "MLFLOW_S3_ENDPOINT_URL": self.url,
@@ -144,7 +164,60 @@ class S3Endpoint:
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
         wait_until(lambda: self.client().list_buckets() is not None, f"S3 ({self.kind}) at {self.url}", timeout=30)
+        if not self.users:  # first start; a restart finds the buckets and users where it left them
+            self.create_buckets()
+            if self.minio:
+                self._provision_minio()
+            else:
+                self._provision_moto()
+            self._check_enforced()
         return self
+
+    def _provision_moto(self) -> None:
+        """IAM users with the policy documents, then every request checked (moto's INITIAL_NO_AUTH_ACTION_COUNT,
+        set to 0 through its API once set-up is done)."""
+        iam = boto3.client("iam", endpoint_url=self.url, region_name="us-east-1",
+                           aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)  # fmt: skip
+        everything = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        admin = json.dumps({"Version": "2012-10-17", "Statement": [everything]})
+        for user, document in [("admin", admin), *((u, (POLICIES / f"{u}.json").read_text()) for u in USERS)]:
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=document)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            self.users[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        self.access_key, self.secret_key = self.users.pop("admin")
+        requests.post(f"{self.url}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()
+
+    def _provision_minio(self) -> None:
+        """What the cluster's set-up Job does with `mc admin`: a policy, a user and their attachment per component."""
+        from minio.credentials import StaticProvider
+        from minio.error import MinioAdminException
+        from minio.minioadmin import MinioAdmin
+
+        admin = MinioAdmin(endpoint=f"127.0.0.1:{self.port}", secure=False,
+                           credentials=StaticProvider(self.access_key, self.secret_key))  # fmt: skip
+        for user in USERS:
+            secret = secrets.token_hex(24)
+            admin.policy_add(user, policy_file=POLICIES / f"{user}.json")
+            admin.user_add(user, secret)
+            try:
+                admin.attach_policy([user], user=user)
+            except MinioAdminException as e:  # a MinIO kept from an earlier run: attached already
+                if "XMinioAdminPolicyChangeAlreadyApplied" not in str(e):
+                    raise
+            self.users[user] = (user, secret)
+
+    def _check_enforced(self) -> None:
+        """A component's key must be refused what its policy does not grant, or none of this is tested."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client("transformer").get_object(Bucket="mlflow", Key="model.pkl")
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "AccessDenied":
+                return
+            raise
+        raise StackError(f"S3 ({self.kind}) at {self.url} does not enforce the users' policies")
 
     @property
     def pid(self) -> int:
@@ -158,12 +231,14 @@ class S3Endpoint:
             self._server.stop()
             self._server = None
 
-    def client(self):
+    def client(self, user: str | None = None):
+        """An S3 client as `user`, or as the admin."""
+        access_key, secret_key = self._keys(user)
         return boto3.client(
             "s3",
             endpoint_url=self.url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
             region_name="us-east-1",
         )
 
@@ -189,9 +264,12 @@ class S3Endpoint:
         return out
 
 
-def mlflow_server(workdir: Path, s3: S3Endpoint, *extra: str, port: int | None = None) -> tuple[Process, str]:
+def mlflow_server(
+    workdir: Path, s3: S3Endpoint, *extra: str, port: int | None = None, user: str = "mlflow"
+) -> tuple[Process, str]:
+    """The tracking server; as in the cluster it only reads S3 (`--no-serve-artifacts`: clients write themselves)."""
     port = port or free_port()
-    env = {**os.environ, **s3.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **s3.env_for(user), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [
         str(Path(component_python("training")).parent / "mlflow"),
@@ -212,14 +290,13 @@ def mlflow_server(workdir: Path, s3: S3Endpoint, *extra: str, port: int | None =
     return proc, url
 
 
-
 def start_predictor(workdir: Path, s3: S3Endpoint, model_dir: str, port: int | None = None) -> tuple[Process, str]:
     """The local stand-in for KServe's sklearn runtime, serving `model_dir` (s3://…) as trip-duration."""
     port = port or free_port()
     proc = Process(
         [component_python("transformer"), "-m", "transformer.sklearn_runtime", "--model_name", "trip-duration",
          "--model_dir", model_dir, "--http_port", str(port)],
-        {**os.environ, **s3.env, "OMP_NUM_THREADS": "1"},
+        {**os.environ, **s3.env_for("predictor"), "OMP_NUM_THREADS": "1"},
         workdir / f"predictor-{port}.log",
     ).start()  # fmt: skip
     host = f"127.0.0.1:{port}"
@@ -240,7 +317,7 @@ def start_transformer(
          "--predictor_host", predictor_host, "--predictor_protocol", "v2", "--http_port", str(port)],
         {
             **os.environ,
-            **s3.env,
+            **s3.env_for("transformer"),
             "MODEL_VERSION": version,
             "PREDICTION_LOG_URI": log_uri,
             "PREDICTION_LOG_SPILL_DIR": str(workdir / f"spill-{port}"),

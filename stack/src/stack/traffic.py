@@ -86,9 +86,10 @@ class Replay:
         return f"{len(self.scored):,} scored, {sum(self.rejected.values()):,} rejected" + (f" ({why})" if why else "")
 
 
-def write_actuals(uri: str, frame: pd.DataFrame, per_object: int = 1000) -> int:
+def write_actuals(uri: str, frame: pd.DataFrame, credentials: dict | None = None, per_object: int = 1000) -> int:
     """What a dispatch system reports once rides end: ride_id, drop-off time, minutes taken, under `uri` (the
-    Kinesis-Firehose-to-S3 pattern), whatever the model made of them. Returns how many were written."""
+    Kinesis-Firehose-to-S3 pattern), whatever the model made of them, as the dispatcher's S3 user (`credentials`,
+    else the environment's). Returns how many were written."""
     arrived = ride.utc_timestamp()
     records = [
         {ride.RIDE_ID: r.ride_id,
@@ -97,7 +98,8 @@ def write_actuals(uri: str, frame: pd.DataFrame, per_object: int = 1000) -> int:
         for r in frame.itertuples()
     ]  # fmt: skip
     for start in range(0, len(records), per_object):
-        store.write_bytes(store.join(uri, ride.actuals_key(arrived)), ride.jsonl_gz(records[start : start + per_object]))
+        body = ride.jsonl_gz(records[start : start + per_object])
+        store.write_bytes(store.join(uri, ride.actuals_key(arrived)), body, credentials)
     return len(records)
 
 

@@ -109,8 +109,8 @@ def parser() -> argparse.ArgumentParser:
 
     isvc_epilog = (
         "The rest comes from the environment the Job sets: ISVC_NAME (trip-duration), POD_NAMESPACE, "
-        "TRANSFORMER_IMAGE, PREDICTOR_SERVICE_ACCOUNT (kserve-s3), S3_SECRET (s3-credentials), S3_ENDPOINT_URL, "
-        "PREDICTION_LOG_URI (s3://predictions/logs)."
+        "TRANSFORMER_IMAGE, PREDICTOR_SERVICE_ACCOUNT (kserve-s3), TRANSFORMER_S3_SECRET (s3-transformer), "
+        "S3_ENDPOINT_URL, PREDICTION_LOG_URI (s3://predictions/logs)."
     )
     render = sub.add_parser(
         "render-isvc",

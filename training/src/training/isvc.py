@@ -22,12 +22,14 @@ RENDER_HASH = "taxi-mlops/render-hash"
 COMPONENTS = ("predictor", "transformer")
 REQUEST_TIMEOUT = 30  # seconds for one API call: a stalled connection must not outlast --timeout unnoticed
 
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+
+def container_security() -> dict:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
+
+
+def pod_security(uid: int) -> dict:
+    """Non-root as the image's own user (KServe's sklearn runtime and storage initializer: 1000; ours: 10001)."""
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 @dataclass
@@ -38,7 +40,7 @@ class IsvcSettings:
     namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "taxi-mlops"))
     transformer_image: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_IMAGE", ""))
     service_account: str = field(default_factory=lambda: os.environ.get("PREDICTOR_SERVICE_ACCOUNT", "kserve-s3"))
-    s3_secret: str = field(default_factory=lambda: os.environ.get("S3_SECRET", "s3-credentials"))
+    transformer_secret: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_S3_SECRET", "s3-transformer"))
     s3_endpoint: str = field(default_factory=lambda: os.environ.get("S3_ENDPOINT_URL", "http://minio:9000"))
     prediction_log_uri: str = field(default_factory=lambda: os.environ.get("PREDICTION_LOG_URI", "s3://predictions/logs"))
 
@@ -82,6 +84,10 @@ def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
         "spec": {
             "predictor": {
                 "serviceAccountName": s.service_account,  # carries the S3 secret KServe's storage initializer reads
+                # KServe's shipped default mounts a token; nothing in this pod calls the Kubernetes API.
+                "automountServiceAccountToken": False,
+                "securityContext": pod_security(1000),
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
                 "model": {
                     "modelFormat": {"name": "sklearn"},
                     "protocolVersion": "v2",
@@ -93,9 +99,13 @@ def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
                         "requests": {"cpu": "100m", "memory": "256Mi"},
                         "limits": {"cpu": "1", "memory": "1Gi"},
                     },
+                    "securityContext": container_security(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 },
             },
             "transformer": {
+                "automountServiceAccountToken": False,
+                "securityContext": pod_security(10001),
                 "containers": [
                     {
                         "name": "kserve-container",
@@ -108,14 +118,14 @@ def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
                             {"name": "PREDICTION_LOG_URI", "value": s.prediction_log_uri},
                             {"name": "PREDICTION_LOG_SPILL_DIR", "value": "/spill"},
                             {"name": "AWS_ENDPOINT_URL", "value": s.s3_endpoint},
-                            _secret_env("AWS_ACCESS_KEY_ID", s.s3_secret, "AWS_ACCESS_KEY_ID"),
-                            _secret_env("AWS_SECRET_ACCESS_KEY", s.s3_secret, "AWS_SECRET_ACCESS_KEY"),
+                            _secret_env("AWS_ACCESS_KEY_ID", s.transformer_secret, "AWS_ACCESS_KEY_ID"),
+                            _secret_env("AWS_SECRET_ACCESS_KEY", s.transformer_secret, "AWS_SECRET_ACCESS_KEY"),
                         ],
                         "resources": {
                             "requests": {"cpu": "100m", "memory": "256Mi"},
                             "limits": {"cpu": "1", "memory": "768Mi"},
                         },
-                        "securityContext": {**RESTRICTED, "readOnlyRootFilesystem": True},
+                        "securityContext": container_security(),
                         "volumeMounts": [{"name": "spill", "mountPath": "/spill"}, {"name": "tmp", "mountPath": "/tmp"}],
                     }
                 ],
