@@ -111,28 +111,28 @@ def test_the_gate_rescores_the_serving_model_on_the_same_rides(mlflow_url, s3, m
 
 def test_rollback_twice_returns_to_where_it_was(mlflow_url, s3, months):
     name = unique("rollback")
-    nothing = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    nothing = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env_for("training"))
     assert nothing.returncode == 1 and "has no @previous: nothing to roll back to" in nothing.stderr
     first = train(mlflow_url, s3, months["train"], months["noise"], name).json
     second = train(mlflow_url, s3, months["csv"], months["val"], name, "--gate-margin", "-0.5").json
     assert second["promoted"], second
-    back = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env)
+    back = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env_for("training"))
     assert back.returncode == 0, back.stderr
     assert back.json == {"version": first["version"], "previous": second["version"], "alias": "staging",
                          "storage_uri": first["storage_uri"]}  # fmt: skip
-    again = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env).json
+    again = run_cli("training", "rollback", "--tracking-uri", mlflow_url, "--model-name", name, env=s3.env_for("training")).json
     assert (again["version"], again["previous"]) == (second["version"], first["version"])
     assert aliases(mlflow_url, name)["staging"] == second["version"]
 
 
 def test_training_on_production_rides_needs_both_sources_and_enough_rides(mlflow_url, s3, tmp_path):
-    one = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--tracking-uri", mlflow_url, env=s3.env)
+    one = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--tracking-uri", mlflow_url, env=s3.env_for("training"))
     assert one.returncode == 1 and "--actuals" in one.stderr.strip().splitlines()[-1]
     both = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
-                   "--train-data", "2022-01", "--tracking-uri", mlflow_url, env=s3.env)  # fmt: skip
+                   "--train-data", "2022-01", "--tracking-uri", mlflow_url, env=s3.env_for("training"))  # fmt: skip
     assert both.returncode == 1 and "not both" in both.stderr
     empty = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
-                    "--tracking-uri", mlflow_url, env=s3.env)  # fmt: skip
+                    "--tracking-uri", mlflow_url, env=s3.env_for("training"))  # fmt: skip
     assert empty.returncode == 1 and "no logged ride in the window" in empty.stderr and "Traceback" not in empty.stderr
 
 
