@@ -8,7 +8,7 @@ from hypothesis import settings
 
 from harness import SHARED_DATA, S3Endpoint, mlflow_server, start_predictor, synthetic_month, train, unique
 
-# See training/cli.py: pyarrow's multi-threaded pool can abort the interpreter at exit.
+# See ride/startup.py: pyarrow's multi-threaded pool can abort the interpreter at exit.
 pyarrow.set_cpu_count(1)
 
 # CI replays the same examples on every run, so a red build points at the change that caused it;

@@ -233,7 +233,7 @@ def test_deploy_timeout_is_one_line_naming_what_it_waited_for(tmp_path, stand_in
 
     s = stand_ins(None, [stuck])
     proc = deploy(tmp_path, s, "--timeout", "1")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line == (f"error: InferenceService {NAMESPACE}/{NAME} (version 7) not rolled out after 1s: "
                     f"deployment {NAME}-transformer: 0 of 1 updated replicas available")  # fmt: skip
@@ -243,7 +243,7 @@ def test_an_unreachable_api_server_is_one_line(tmp_path, stand_ins):
     s = stand_ins(None, [rolled_out])
     s.stop()
     proc = deploy(tmp_path, s, "--timeout", "1")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: Kubernetes API at {s.url} unreachable")
 
 

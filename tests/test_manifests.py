@@ -138,7 +138,7 @@ def test_render_isvc_without_the_job_environment_says_what_is_missing():
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "s3://m/1", "--model-version", "1"],
         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: TRANSFORMER_IMAGE is not set")
 
 
@@ -169,8 +169,8 @@ def image_component(image: str) -> str | None:
 
 
 PARSE = {
-    "training": "from training.cli import parser; parser().parse_args({args!r})",
-    "monitoring": "from monitoring.cli import parser; parser().parse_args({args!r})",
+    "training": "from training.__main__ import parser; parser.parse_args({args!r})",
+    "monitoring": "from monitoring.__main__ import parser; parser.parse_args({args!r})",
     "transformer": "import sys; sys.argv[1:] = {args!r}; from transformer.__main__ import parser; parser().parse_args({args!r})",
 }
 
@@ -280,7 +280,7 @@ def test_rendering_refuses_a_non_s3_uri():
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "models:/m-1", "--model-version", "1"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode == 1 and "s3://" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "s3://" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def paths(obj, prefix=""):

@@ -127,13 +127,13 @@ def test_rollback_twice_returns_to_where_it_was(mlflow_url, s3, months):
 
 def test_training_on_production_rides_needs_both_sources_and_enough_rides(mlflow_url, s3, tmp_path):
     one = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--tracking-uri", mlflow_url, env=s3.env_for("training"))
-    assert one.returncode == 1 and "--actuals" in one.stderr.strip().splitlines()[-1]
+    assert one.returncode == 2 and "--actuals" in one.stderr.strip().splitlines()[-1]
     both = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
                    "--train-data", "2022-01", "--tracking-uri", mlflow_url, env=s3.env_for("training"))  # fmt: skip
-    assert both.returncode == 1 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr
     empty = run_cli("training", "train", "--production-rides", "s3://predictions/none", "--actuals", "s3://actuals/none",
                     "--tracking-uri", mlflow_url, env=s3.env_for("training"))  # fmt: skip
-    assert empty.returncode == 1 and "no logged ride in the window" in empty.stderr and "Traceback" not in empty.stderr
+    assert empty.returncode == 2 and "no logged ride in the window" in empty.stderr and "Traceback" not in empty.stderr
 
 
 def test_csv_source_and_s3_source(mlflow_url, s3, months):
@@ -186,7 +186,7 @@ def test_bad_input_gives_one_clear_line_and_registers_nothing(mlflow_url, s3, mo
     source, message = bad_months(tmp_path)[case]
     name = unique("bad")
     result = train(mlflow_url, s3, source, months["val"], name)
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and str(source) in lines[-1] and message in lines[-1]
     assert "Traceback" not in result.stderr
@@ -198,7 +198,7 @@ def test_unknown_format_is_named(mlflow_url, s3, months, tmp_path):
     odd = tmp_path / "month.xlsx"
     odd.write_bytes(b"PK")
     result = train(mlflow_url, s3, odd, months["val"], unique("fmt"))
-    assert result.returncode == 1 and "unknown format" in result.stderr
+    assert result.returncode == 2 and "unknown format" in result.stderr
 
 
 def test_help_explains_sources():
@@ -219,7 +219,7 @@ def test_proxied_artifacts_map_to_s3(workdir, s3, months, tmp_path):
         assert result.json["storage_uri"].startswith("s3://mlflow/proxied/")
 
         unmapped = run_cli("training", "storage-uri", "--tracking-uri", url, "--model-name", name)
-        assert unmapped.returncode == 1 and "--artifacts-destination" in unmapped.stderr
+        assert unmapped.returncode == 2 and "--artifacts-destination" in unmapped.stderr
 
         mapped = run_cli("training", "storage-uri", "--tracking-uri", url, "--model-name", name,
                          env={"MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/proxied"})  # fmt: skip

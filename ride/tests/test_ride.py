@@ -110,12 +110,12 @@ def test_log_records_carry_the_contract_fields_and_keys_ignore_request_data():
     assert match and match["date"] == ts[:10] and match["hour"] == ts[11:13] and "../x" not in key
 
 
-def test_a_month_resolves_to_the_local_copy_or_tlc(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    assert ride.resolve_month("2022-01") == ride.TLC_URL.format(month="2022-01")
+def test_a_month_resolves_to_the_local_copy_or_tlc(tmp_path):
+    assert ride.resolve_month("2022-01", str(tmp_path)) == ride.TLC_URL.format(month="2022-01")
     (tmp_path / "green_tripdata_2022-01.parquet").write_bytes(b"")
-    assert ride.resolve_month("2022-01") == str(tmp_path / "green_tripdata_2022-01.parquet")
-    assert ride.resolve_month("s3://data/x.parquet") == "s3://data/x.parquet"
+    assert ride.resolve_month("2022-01", str(tmp_path)) == str(tmp_path / "green_tripdata_2022-01.parquet")
+    assert ride.resolve_month("2022-01") == ride.TLC_URL.format(month="2022-01")
+    assert ride.resolve_month("s3://data/x.parquet", str(tmp_path)) == "s3://data/x.parquet"
     assert not math.isnan(ride.MAX_TRIP_DISTANCE)
 
 

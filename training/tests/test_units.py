@@ -4,7 +4,7 @@ import pytest
 
 from training.data import DataError, prepare
 from training.model import build_pipeline
-from training.registry import RegistryError, to_storage_uri
+from training.registry import to_storage_uri
 
 
 def rides(**columns):
@@ -72,5 +72,5 @@ def test_storage_uri_mapping(uri, destination, expected):
 
 
 def test_proxied_uri_without_destination_says_how_to_fix():
-    with pytest.raises(RegistryError, match="--artifacts-destination"):
+    with pytest.raises(ValueError, match="--artifacts-destination"):
         to_storage_uri("mlflow-artifacts:/1/models/m-1/artifacts", None)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from monitoring import drift, retrain
+from monitoring.settings import Settings
 from monitoring.inputs import Reference, ReferenceResolver, live_actuals, live_error, load_actuals, load_current
 from ride import PREDICTION, RIDE_ID, store
 
@@ -25,31 +26,31 @@ class UsageError(Exception):
     pass
 
 
-def run(args) -> dict:
-    until = args.until or datetime.now(timezone.utc)
-    since = args.since or until - args.window
+def run(settings: Settings) -> dict:
+    until = settings.until or datetime.now(timezone.utc)
+    since = settings.since or until - settings.window
     if since >= until:
         raise UsageError(f"empty window: --since {since.isoformat()} is not before --until {until.isoformat()}")
 
-    current = load_current(args.current, since, until)
+    current = load_current(settings.current, since, until)
     for problem in current.unreadable:
         log.warning("skipped unreadable log object %s", problem)
-    actuals = load_actuals(args.actuals, since) if args.actuals else None
+    actuals = load_actuals(settings.actuals, since) if settings.actuals else None
     for problem in actuals.unreadable if actuals else []:
         log.warning("skipped unreadable actuals object %s", problem)
-    resolver = ReferenceResolver(args.reference, args.tracking_uri)
-    wanted = args.model_version or resolver.pinned_version
-    cache = args.calibration_cache or (store.join(args.report_uri, "calibration") if args.report_uri else None)
+    resolver = ReferenceResolver(settings.reference, settings.tracking_uri)
+    wanted = settings.model_version or resolver.pinned_version
+    cache = settings.calibration_cache or (store.join(settings.report_uri, "calibration") if settings.report_uri else None)
 
     versions, left_out = [], {}
     for version in current.versions():
         rides = current.of_version(version)
         if wanted is not None and version is not None and version != wanted:
             left_out[version] = {"rides": len(rides), "why": f"not version {wanted}"}
-        elif len(rides) < args.min_rides:
-            left_out[version or "-"] = {"rides": len(rides), "why": f"fewer than --min-rides {args.min_rides}"}
+        elif len(rides) < settings.min_rides:
+            left_out[version or "-"] = {"rides": len(rides), "why": f"fewer than --min-rides {settings.min_rides}"}
         else:
-            versions.append(judge(version, rides, resolver.for_version(version), actuals, args, cache))
+            versions.append(judge(version, rides, resolver.for_version(version), actuals, settings, cache))
 
     public = [{k: v for k, v in judged.items() if k != "frames"} for judged in versions]
     drifted = any(v["drift"] for v in public)
@@ -72,7 +73,7 @@ def run(args) -> dict:
         "versions": public,
         "report": None,
     }  # fmt: skip
-    summary["retrain"] = retrain.trigger(public[0] if public else None, args, resolver.model_name,
+    summary["retrain"] = retrain.trigger(public[0] if public else None, settings, resolver.model_name,
                                          resolver.rejected_at() if public else None)  # fmt: skip
     if not versions:
         print(f"not enough data: {len(current.frame)} rides in the window"
@@ -81,27 +82,27 @@ def run(args) -> dict:
         print(json.dumps(summary, default=str))
         return summary
 
-    if args.report_uri:
-        summary["report"] = write_reports(args.report_uri, until, summary, versions)
+    if settings.report_uri:
+        summary["report"] = write_reports(settings.report_uri, until, summary, versions)
     print_table(summary, versions)
-    if args.log_to_mlflow:
-        log_to_mlflow(args.tracking_uri, summary, store.join(args.report_uri, "mlflow") if args.report_uri else None)
-    if (drifted or degraded) and os.environ.get("ALERT_WEBHOOK_URL"):
-        send_alert(os.environ["ALERT_WEBHOOK_URL"], summary)
+    if settings.log_to_mlflow:
+        log_to_mlflow(settings.tracking_uri, summary, store.join(settings.report_uri, "mlflow") if settings.report_uri else None)
+    if (drifted or degraded) and settings.alert_webhook_url:
+        send_alert(settings.alert_webhook_url, summary)
     print(json.dumps(summary, default=str))
     return summary
 
 
-def judge(version: str | None, rides: pd.DataFrame, reference: Reference, actuals, args, cache: str | None) -> dict:
-    if len(reference.frame) < 3 * args.min_rides:
+def judge(version: str | None, rides: pd.DataFrame, reference: Reference, actuals, settings, cache: str | None) -> dict:
+    if len(reference.frame) < 3 * settings.min_rides:
         raise UsageError(f"{reference.source}: only {len(reference.frame)} usable rides, too few for a reference")
     columns = drift.columns_for(reference.frame, rides)
-    test = drift.DriftTest(reference.frame, columns, len(rides), args.false_alarm_rate, args.calibration_windows, cache)
+    test = drift.DriftTest(reference.frame, columns, len(rides), settings.false_alarm_rate, settings.calibration_windows, cache)
     results = test.test(rides)
     actual, perf = None, None
     if actuals is not None and RIDE_ID in rides.columns and PREDICTION in rides.columns:
         actual, with_actuals = live_actuals(rides, actuals.frame)
-        perf = live_error(rides, actual, with_actuals, reference.validation_rmse, args.max_rmse_ratio, args.min_actuals)
+        perf = live_error(rides, actual, with_actuals, reference.validation_rmse, settings.max_rmse_ratio, settings.min_actuals)
     return {
         "model_version": version,
         "drift": any(r.drifted for r in results),

@@ -81,16 +81,16 @@ def start_job(cronjob: str, now: datetime) -> str | None:
     return name
 
 
-def trigger(serving: dict | None, args, model_name: str | None, rejected_at: str | None) -> dict:
+def trigger(serving: dict | None, settings, model_name: str | None, rejected_at: str | None) -> dict:
     now = datetime.now(timezone.utc)
-    decision = decide(serving, args.min_actuals, rejected_at, args.retrain_cooldown, now)
+    decision = decide(serving, settings.min_actuals, rejected_at, settings.retrain_cooldown, now)
     decision["job"] = None
-    if not decision["wanted"] or not args.retrain_cronjob:
+    if not decision["wanted"] or not settings.retrain_cronjob:
         return decision
     try:
-        decision["job"] = start_job(args.retrain_cronjob, now)
+        decision["job"] = start_job(settings.retrain_cronjob, now)
     except Exception as e:  # the verdicts stand; a trigger that cannot fire is reported, not fatal
-        decision["reason"] += f"; could not start a Job from cronjob/{args.retrain_cronjob}: {e}"
+        decision["reason"] += f"; could not start a Job from cronjob/{settings.retrain_cronjob}: {e}"
         return decision
     if decision["job"] is None:
         decision["reason"] += "; a retraining Job is still running"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,14 +9,13 @@ TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_{month
 MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
-def resolve_month(src: str) -> str:
-    """A month `YYYY-MM` → `$DATA_DIR/green_tripdata_YYYY-MM.parquet` when that file exists, else TLC's URL.
+def resolve_month(src: str, data_dir: str | None = None) -> str:
+    """A month `YYYY-MM` → `<data_dir>/green_tripdata_YYYY-MM.parquet` when that file exists, else TLC's URL.
 
     Anything else (a path, an http(s) URL, an s3:// URI) is returned as it is.
     """
     if not MONTH.match(src):
         return src
-    data_dir = os.environ.get("DATA_DIR")
     if data_dir:
         local = Path(data_dir) / f"green_tripdata_{src}.parquet"
         if local.exists():

@@ -86,7 +86,7 @@ def check_ports(cfg: Config) -> None:
 
 
 def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
-    """A component's CLI; its output goes to `log`; its last stdout line is JSON."""
+    """A component's CLI; its output goes to `log`; its last stdout line is JSON; any exit but 0 stops the stack."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as err:
         proc = subprocess.run(
@@ -98,7 +98,7 @@ def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
         )
     with open(log, "a") as out:
         out.write(proc.stdout)
-    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+    if proc.returncode != 0 or not proc.stdout.strip():
         last = log.read_text().strip().splitlines()[-1:] or [""]
         raise StackError(f"`python -m {component} {args[0]}` failed: {last[0]} (log: {log})")
     return {"json": json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "exit": proc.returncode}

@@ -25,7 +25,7 @@ PATH = "/v1/models/trip-duration:predict"
 
 def month_file(month: str) -> Path:
     """A month YYYY-MM ($DATA_DIR copy, else downloaded from TLC and cached like training does) or a file path."""
-    resolved = ride.resolve_month(month)
+    resolved = ride.resolve_month(month, os.environ.get("DATA_DIR"))
     if not resolved.startswith(("http://", "https://")):
         return Path(resolved)
     import pooch

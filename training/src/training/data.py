@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 import ride
+from ride import store
 
 
 class DataError(Exception):
@@ -31,28 +31,21 @@ class Month:
         return len(self.frame)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DATA_CACHE_DIR", Path.home() / ".cache" / "taxi-mlops"))
-
-
-def fetch_bytes(src: str) -> bytes:
+def fetch_bytes(src: str, cache_dir: str) -> bytes:
     if src.startswith(("http://", "https://")):
         import pooch
 
         try:
             path = pooch.retrieve(
-                src, known_hash=None, path=cache_dir(), progressbar=sys.stderr.isatty()
+                src, known_hash=None, path=cache_dir, progressbar=sys.stderr.isatty()
             )
         except Exception as e:  # requests raises many kinds; all mean "could not download"
             hint = " (offline? point DATA_DIR at local green_tripdata_YYYY-MM.parquet files)" if src.startswith(ride.TLC_URL.split("{")[0]) else ""
             raise DataError(f"{src}: download failed{hint}: {str(e)[:200]}") from None
         return Path(path).read_bytes()
     if src.startswith("s3://"):
-        import fsspec
-
         try:
-            with fsspec.open(src, "rb") as f:
-                return f.read()
+            return store.read_bytes(src)
         except FileNotFoundError:
             raise DataError(f"{src}: no such object") from None
         except Exception as e:
@@ -93,9 +86,9 @@ def prepare(df: pd.DataFrame, src: str = "data") -> tuple[pd.DataFrame, pd.DataF
     return serving, learnable
 
 
-def load_month(src: str) -> Month:
-    resolved = ride.resolve_month(src)
-    raw = fetch_bytes(resolved)
+def load_month(src: str, data_dir: str | None, cache_dir: str) -> Month:
+    resolved = ride.resolve_month(src, data_dir)
+    raw = fetch_bytes(resolved, cache_dir)
     df = parse(resolved, raw)
     serving, learnable = prepare(df, resolved)
     return Month(resolved, hashlib.sha256(raw).hexdigest(), len(df), serving, learnable)

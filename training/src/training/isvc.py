@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import time
-from dataclasses import dataclass, field
+
+from training.settings import IsvcSettings
+
+log = logging.getLogger("training")
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 # Server-side apply owns the fields of the last render: a key a later render drops is removed from the object.
@@ -32,25 +35,34 @@ def pod_security(uid: int) -> dict:
     return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-@dataclass
-class IsvcSettings:
-    """Everything but the model comes from the Job's environment, which kustomize fills."""
-
-    name: str = field(default_factory=lambda: os.environ.get("ISVC_NAME", "trip-duration"))
-    namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "taxi-mlops"))
-    transformer_image: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_IMAGE", ""))
-    service_account: str = field(default_factory=lambda: os.environ.get("PREDICTOR_SERVICE_ACCOUNT", "kserve-s3"))
-    transformer_secret: str = field(default_factory=lambda: os.environ.get("TRANSFORMER_S3_SECRET", "s3-transformer"))
-    s3_endpoint: str = field(default_factory=lambda: os.environ.get("S3_ENDPOINT_URL", "http://minio:9000"))
-    prediction_log_uri: str = field(default_factory=lambda: os.environ.get("PREDICTION_LOG_URI", "s3://predictions/logs"))
-
-
 def _secret_env(name: str, secret: str, key: str) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def render(storage_uri: str, model_version: str, settings: IsvcSettings | None = None) -> dict:
-    s = settings or IsvcSettings()
+def rendered(settings: IsvcSettings) -> dict:
+    """The InferenceService for --storage-uri/--model-version, or for the version the alias holds."""
+    if settings.storage_uri:
+        if not settings.model_version:
+            raise ValueError("--storage-uri needs --model-version")
+        return render(settings.storage_uri, settings.model_version, settings)
+    from training.registry import client, resolve_alias
+
+    resolved = resolve_alias(client(settings.tracking_uri), settings.model_name, settings.alias, settings.artifacts_destination)
+    return render(resolved["source"], resolved["version"], settings)
+
+
+def deploy(settings: IsvcSettings) -> dict:
+    """Render, apply and wait for the rollout; what the training Job's deploy step does."""
+    manifest = rendered(settings)
+    annotations = manifest["metadata"]["annotations"]
+    version, storage_uri = annotations["taxi-mlops/model-version"], manifest["spec"]["predictor"]["model"]["storageUri"]
+    log.info("applying InferenceService %s (version %s, %s)", manifest["metadata"]["name"], version, storage_uri)
+    current = apply(manifest, timeout=settings.timeout, poll=settings.poll)
+    return {"name": manifest["metadata"]["name"], "version": version, "storage_uri": storage_uri,
+            "url": current.get("status", {}).get("url"), "ready": True}  # fmt: skip
+
+
+def render(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
     if not storage_uri.startswith("s3://"):
         raise ValueError(f"storage URI must be s3://…, got {storage_uri!r}")
     if not s.transformer_image:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -10,6 +9,14 @@ from mlflow.exceptions import MlflowException
 
 from ride import utc_timestamp
 from ride.registry import PREVIOUS, REJECTED_TAG
+
+
+def client(tracking_uri: str | None) -> MlflowClient:
+    if tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient()
 
 
 class RegistryError(Exception):
@@ -45,8 +52,8 @@ def fair_gate(client: MlflowClient, name: str, alias: str, rmse: float, x_val, y
         return Gate(True, f"no model holds @{alias} yet")
     try:
         champion = mlflow.sklearn.load_model(f"models:/{name}/{current.version}")
-    except Exception as e:
-        raise RegistryError(f"cannot load @{alias} (version {current.version}) to re-score it: {e}") from None
+    except Exception as e:  # an error, not an answer: the gate cannot judge without it
+        raise RuntimeError(f"cannot load @{alias} (version {current.version}) to re-score it: {e}") from None
     champion_rmse = rmse_of(y_val, champion.predict(x_val))
     limit = champion_rmse * (1 - margin)
     verdict = "<=" if rmse <= limit else ">"
@@ -91,7 +98,7 @@ def to_storage_uri(download_uri: str, artifacts_destination: str | None) -> str:
     if not download_uri.startswith("mlflow-artifacts:"):
         return download_uri.rstrip("/")
     if not artifacts_destination:
-        raise RegistryError(
+        raise ValueError(
             f"{download_uri} is proxied by the tracking server: pass --artifacts-destination "
             "(the server's --artifacts-destination, e.g. s3://mlflow) to map it to S3"
         )
@@ -101,11 +108,8 @@ def to_storage_uri(download_uri: str, artifacts_destination: str | None) -> str:
     return f"{artifacts_destination.rstrip('/')}/{path.lstrip('/')}".rstrip("/")
 
 
-def storage_uri(
-    client: MlflowClient, name: str, version: str, artifacts_destination: str | None = None
-) -> str:
-    download = client.get_model_version_download_uri(name, version)
-    return to_storage_uri(download, artifacts_destination or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION"))
+def storage_uri(client: MlflowClient, name: str, version: str, artifacts_destination: str | None = None) -> str:
+    return to_storage_uri(client.get_model_version_download_uri(name, version), artifacts_destination)
 
 
 def resolve_alias(

@@ -7,8 +7,6 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -18,39 +16,25 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from ride import FEATURES, PREDICTION, TARGET
-from ride.registry import MODEL_NAME, REFERENCE_ARTIFACT, STAGING
+from ride.registry import REFERENCE_ARTIFACT
 from training import model as model_lib
 from training.data import Month, load_month, load_production
 from training.registry import fair_gate, record_decision, storage_uri
+from training.settings import TrainSettings
 
 log = logging.getLogger("training")
 
 
-@dataclass
-class TrainSettings:
-    train_data: str | None = None  # a month (or file) to fit on …
-    val_data: str | None = None  # … and one to validate on; or the production rides of a window:
-    production_rides: str | None = None  # a prediction-log prefix
-    actuals: str | None = None  # an actuals prefix
-    since: datetime | None = None
-    until: datetime | None = None
-    validation_share: float = 0.2  # the newest part of the window, by time
-    tracking_uri: str | None = None
-    experiment: str = "nyc-taxi-experiment"
-    model_name: str = MODEL_NAME
-    alias: str = STAGING
-    gate_margin: float = 0.01
-    artifacts_destination: str | None = None
-    hyperparameters: dict | None = None
-
-    def load(self) -> tuple[Month, Month]:
-        if self.production_rides:
-            log.info("loading production rides %s with actuals %s", self.production_rides, self.actuals)
-            return load_production(self.production_rides, self.actuals, self.since, self.until, self.validation_share)
-        log.info("loading training data %s", self.train_data)
-        train = load_month(self.train_data)
-        log.info("loading validation data %s", self.val_data)
-        return train, load_month(self.val_data)
+def load(settings: TrainSettings) -> tuple[Month, Month]:
+    """The rides to fit on and to validate on: two months, or the production rides of a window split by time."""
+    if settings.production_rides:
+        log.info("loading production rides %s with actuals %s", settings.production_rides, settings.actuals)
+        return load_production(settings.production_rides, settings.actuals, settings.since, settings.until,
+                               settings.validation_share)  # fmt: skip
+    log.info("loading training data %s", settings.train_data)
+    train = load_month(settings.train_data, settings.data_dir, settings.data_cache_dir)
+    log.info("loading validation data %s", settings.val_data)
+    return train, load_month(settings.val_data, settings.data_dir, settings.data_cache_dir)
 
 
 def pip_requirements() -> list[str]:
@@ -78,7 +62,7 @@ def data_params(prefix: str, month: Month) -> dict:
 
 def run(settings: TrainSettings) -> dict:
     # Everything that can fail on the user's input fails here, before MLflow sees a run.
-    train, val = settings.load()
+    train, val = load(settings)
     log.info("%d training rides, %d validation rides; the drift reference holds %d", train.rows_used, val.rows_used, len(val.serving))
 
     if settings.tracking_uri:

@@ -1,0 +1,61 @@
+"""A command's settings in one place: each a dataclass field with its flag, environment variable and default.
+
+`add_arguments` puts them on an argparse parser with help text generated from them ("… (env VAR; default: X)"),
+the environment giving the default a flag overrides; `read` turns parsed arguments back into the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import MISSING, Field, field, fields
+from datetime import datetime, timedelta, timezone
+
+
+def setting(help: str, default=None, *, env: str | None = None, flag: str | None = None, aliases: tuple[str, ...] = (),
+            type=None, required: bool = False, **argparse_options) -> Field:  # fmt: skip
+    """A dataclass field that is also a command-line flag (`--field-name` unless `flag`), read from `env` if set."""
+    metadata = {"help": help, "env": env, "flag": flag, "aliases": aliases, "type": type, "required": required,
+                "argparse": argparse_options}  # fmt: skip
+    return field(default=default, metadata={"setting": metadata})
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, only: tuple[str, ...] = ()) -> None:
+    for f in fields(cls):
+        meta = f.metadata.get("setting")
+        if meta is None or (only and f.name not in only):
+            continue
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        env, default = meta["env"], f.default if f.default is not MISSING else None
+        if env and os.environ.get(env):
+            default = os.environ[env]  # a string: argparse converts it with `type`, as it would the flag's value
+        shown = "none" if f.default in (None, MISSING) else {True: "on", False: "off"}.get(f.default, f.default)
+        where = f"env {env}; " if env else ""
+        options = dict(meta["argparse"])
+        if meta["type"] is not None:
+            options["type"] = meta["type"]
+        parser.add_argument(flag, *meta["aliases"], dest=f.name, default=default, required=meta["required"] and default is None,
+                            help=f"{meta['help']} ({where}default: {shown})", **options)  # fmt: skip
+
+
+def read(cls, args: argparse.Namespace):
+    """The dataclass, from parsed arguments (fields that are not settings keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if "setting" in f.metadata and hasattr(args, f.name)})
+
+
+def duration(text: str) -> timedelta:
+    """`30m`, `24h`, `7d`."""
+    m = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r}: use minutes, hours or days, e.g. 30m, 24h, 7d")
+    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[m[2]]: int(m[1])})
+
+
+def timestamp(text: str) -> datetime:
+    """ISO-8601; UTC when no zone is given."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use ISO-8601, e.g. 2026-11-28T06:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
