@@ -150,13 +150,8 @@ def train(mlflow_url, s3, train_src, val_src, model_name, *extra):
 
 
 def read_prediction_logs(s3: S3Endpoint, uri: str) -> list[dict]:
-    import gzip
+    """Every record below `uri` as written, duplicates included (delivery is at-least-once), read as the admin."""
+    from ride import LOG_FIELDS
+    from ride.reader import read_records
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    records = []
-    for key in s3.keys(bucket, prefix):
-        body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        if key.endswith(".gz"):
-            body = gzip.decompress(body)
-        records += [json.loads(line) for line in body.splitlines() if line.strip()]
-    return records
+    return read_records(uri, LOG_FIELDS, ["record_id"], credentials=s3.env_for()).frame.to_dict("records")

@@ -74,7 +74,7 @@ def test_taken_port_is_one_clear_line(months, tmp_path):
         s.bind(("127.0.0.1", int(env["MLFLOW_PORT"])))
         s.listen()
         result = stack("demo", env=env, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: port {env['MLFLOW_PORT']} (MLflow) is taken: stop what uses it (`make down` if it is this stack) "
         "or set MLFLOW_PORT=…"
@@ -97,3 +97,15 @@ def test_up_serves_until_down(months, tmp_path):
     for var in ("S3_PORT", "MLFLOW_PORT", "PREDICTOR_PORT", "TRANSFORMER_PORT"):
         assert port_free(int(env[var])), f"{var} still in use after make down"
     assert "nothing to stop" in stack("down", env=env).stdout
+
+
+def test_upload_copies_local_months_to_s3(s3, tmp_path):
+    """What `make upload-data` runs against the cluster's MinIO, here against the test S3 as its admin."""
+    month = tmp_path / "green_tripdata_2030-01.parquet"
+    month.write_bytes(b"PAR1 not really")
+    env = {**os.environ, **s3.env_for()}
+    result = stack("upload", "--to", "s3://data/upload-test/", str(month), env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert s3.keys("data", "upload-test") == ["upload-test/green_tripdata_2030-01.parquet"]
+    missing = stack("upload", "--to", "s3://data/upload-test/", str(tmp_path / "nope.parquet"), env=env, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope.parquet'}: file not found"

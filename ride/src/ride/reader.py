@@ -57,18 +57,17 @@ def _table(uri: str, body: bytes, schema, required: list[str]):
     return table
 
 
-def read_records(
-    prefix: str, fields: dict, required: list[str], since: datetime | None = None, until: datetime | None = None
-) -> Records:
+def read_records(prefix: str, fields: dict, required: list[str], since: datetime | None = None,
+                 until: datetime | None = None, credentials: dict | None = None) -> Records:  # fmt: skip
     """Every record below `prefix` in objects whose hour partition can hold records of [since, until)."""
     import pandas as pd
     import pyarrow as pa
 
     schema = _schema(fields)
-    uris = [u for u in store.list_objects(prefix) if u.endswith((".jsonl", ".jsonl.gz"))]
+    uris = [u for u in store.list_objects(prefix, credentials) if u.endswith((".jsonl", ".jsonl.gz"))]
     uris = [u for u in uris if _partition_in(u, since, until)]
     tables, unreadable = [], []
-    for uri, body in store.read_many(uris).items():
+    for uri, body in store.read_many(uris, credentials).items():
         try:
             if isinstance(body, Exception):
                 raise body

@@ -26,8 +26,8 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = _fs(uri)
+def read_bytes(uri: str, credentials: dict | None = None) -> bytes:
+    fs, path = _fs(uri, credentials)
     return fs.cat_file(path)
 
 
@@ -39,9 +39,9 @@ def write_bytes(uri: str, body: bytes, credentials: dict | None = None) -> None:
         f.write(body)
 
 
-def list_objects(prefix: str) -> list[str]:
+def list_objects(prefix: str, credentials: dict | None = None) -> list[str]:
     """Every object below `prefix`, as full URIs, in order; none for an empty S3 prefix, an error for a missing folder."""
-    fs, path = _fs(prefix)
+    fs, path = _fs(prefix, credentials)
     if not is_s3(prefix) and not fs.isdir(path):
         raise FileNotFoundError(f"{prefix}: no such directory")
     fs.invalidate_cache()  # s3fs keeps listings: a prefix that is being written to must be listed afresh
@@ -50,11 +50,11 @@ def list_objects(prefix: str) -> list[str]:
     return sorted(f"{scheme}{p}" for p in found if not p.rsplit("/", 1)[-1].startswith("."))
 
 
-def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
+def read_many(uris: list[str], credentials: dict | None = None) -> dict[str, bytes | Exception]:
     """Many objects at once (s3fs fetches them concurrently); an object that cannot be read maps to its error."""
     if not uris:
         return {}
-    fs, _ = _fs(uris[0])
-    paths = {_fs(u)[1]: u for u in uris}
+    fs, _ = _fs(uris[0], credentials)
+    paths = {_fs(u, credentials)[1]: u for u in uris}
     got = fs.cat(list(paths), on_error="return")
     return {paths[p]: body for p, body in got.items()}

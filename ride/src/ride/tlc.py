@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/green_tripdata_{month}.parquet"
+CACHE_DIR = str(Path.home() / ".cache" / "taxi-mlops")  # where downloads are kept (DATA_CACHE_DIR overrides)
 MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
@@ -21,3 +22,13 @@ def resolve_month(src: str, data_dir: str | None = None) -> str:
         if local.exists():
             return str(local)
     return TLC_URL.format(month=src)
+
+
+def download(url: str, cache_dir: str = CACHE_DIR) -> Path:
+    """The URL's copy in `cache_dir`, fetched the first time (pooch, from the caller's environment; progress on a
+    terminal)."""
+    import sys
+
+    import pooch
+
+    return Path(pooch.retrieve(url, known_hash=None, path=cache_dir, progressbar=sys.stderr.isatty()))

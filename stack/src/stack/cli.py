@@ -15,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from ride import startup, store
 from ride.reader import read_predictions
 from stack import processes, traffic
 from stack.processes import ROOT, Process, S3Endpoint, StackError, component_python
@@ -101,7 +102,7 @@ def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
     if proc.returncode != 0 or not proc.stdout.strip():
         last = log.read_text().strip().splitlines()[-1:] or [""]
         raise StackError(f"`python -m {component} {args[0]}` failed: {last[0]} (log: {log})")
-    return {"json": json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "exit": proc.returncode}
+    return {"json": json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout}
 
 
 class Stack:
@@ -178,7 +179,7 @@ class Stack:
         self.procs["transformer"] = proc
 
     def drift(self, args: list[str], log: str) -> dict:
-        """The drift job over the prediction log, as the CronJob runs it (exit 0, or 1 for drift, is an answer)."""
+        """The drift job over the prediction log, as the CronJob runs it (without --fail-on-*: drift is exit 0 too)."""
         return run_step(
             "monitoring",
             ["--reference", f"models:/{MODEL_NAME}", "--current", LOG_URI, "--actuals", ACTUALS_URI, *args],
@@ -329,16 +330,11 @@ def dispatcher(cfg: Config) -> dict:
 
 
 def upload(to: str, files: list[Path]) -> None:
-    import boto3
-
-    bucket, _, prefix = to.removeprefix("s3://").partition("/")
-    client = boto3.client("s3")
     for path in files:
         if not path.is_file():
             raise StackError(f"{path}: file not found")
-        key = f"{prefix.rstrip('/')}/{path.name}".lstrip("/")
-        client.upload_file(str(path), bucket, key)
-        print(f"uploaded {path} to s3://{bucket}/{key}")
+        store.write_bytes(store.join(to, path.name), path.read_bytes())
+        print(f"uploaded {path} to {store.join(to, path.name)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,12 +390,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.actuals_uri:
                 written = traffic.write_actuals(args.actuals_uri, rides, None if os.environ.get("AWS_ACCESS_KEY_ID") else dispatcher(cfg))
                 print(f"reported the actual durations of {written:,} rides to {args.actuals_uri}")
-    except StackError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (TimeoutError, requests.RequestException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (StackError, TimeoutError, requests.RequestException) as e:
+        startup.fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: every process this started has been stopped", file=sys.stderr)
         sys.exit(130)

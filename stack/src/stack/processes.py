@@ -20,6 +20,8 @@ from pathlib import Path
 import boto3
 import requests
 
+from ride import store
+
 ROOT = Path(__file__).resolve().parents[3]
 BUCKETS = ("mlflow", "predictions", "monitoring", "data", "actuals")
 # One S3 user per component, each with the policy document of its name: the documents the cluster's set-up Job
@@ -250,16 +252,15 @@ class S3Endpoint:
                 s3.create_bucket(Bucket=name)
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+        """The keys of the objects below the folder `prefix` of `bucket`, as the admin sees them."""
+        return [u.removeprefix(f"s3://{bucket}/") for u in store.list_objects(f"s3://{bucket}/{prefix}", self.env_for())]
 
     def download_dir(self, uri: str, dest: Path) -> list[Path]:
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         out = []
-        for key in self.keys(bucket, prefix.rstrip("/") + "/"):
-            path = dest / key[len(prefix) :].lstrip("/")
+        for found in store.list_objects(uri, self.env_for()):
+            path = dest / found[len(uri.rstrip("/")) :].lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.client().download_file(bucket, key, str(path))
+            path.write_bytes(store.read_bytes(found, self.env_for()))
             out.append(path)
         return out
 

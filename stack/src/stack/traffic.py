@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +18,17 @@ import requests
 
 import ride
 from ride import store
+from ride.tlc import CACHE_DIR, download
 
 PATH = "/v1/models/trip-duration:predict"
 
 
 def month_file(month: str) -> Path:
-    """A month YYYY-MM ($DATA_DIR copy, else downloaded from TLC and cached like training does) or a file path."""
+    """A month YYYY-MM ($DATA_DIR copy, else downloaded from TLC and cached as training does) or a file path."""
     resolved = ride.resolve_month(month, os.environ.get("DATA_DIR"))
     if not resolved.startswith(("http://", "https://")):
         return Path(resolved)
-    import pooch
-
-    cache = Path(os.environ.get("DATA_CACHE_DIR", Path.home() / ".cache" / "taxi-mlops"))
-    return Path(pooch.retrieve(resolved, known_hash=None, path=cache, progressbar=sys.stderr.isatty()))
+    return download(resolved, os.environ.get("DATA_CACHE_DIR", CACHE_DIR))
 
 
 def rides(month: str, n: int | None = None) -> pd.DataFrame:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 
 import ride
 from ride import store
+from ride.tlc import download
 
 
 class DataError(Exception):
@@ -33,12 +33,8 @@ class Month:
 
 def fetch_bytes(src: str, cache_dir: str) -> bytes:
     if src.startswith(("http://", "https://")):
-        import pooch
-
         try:
-            path = pooch.retrieve(
-                src, known_hash=None, path=cache_dir, progressbar=sys.stderr.isatty()
-            )
+            path = download(src, cache_dir)
         except Exception as e:  # requests raises many kinds; all mean "could not download"
             hint = " (offline? point DATA_DIR at local green_tripdata_YYYY-MM.parquet files)" if src.startswith(ride.TLC_URL.split("{")[0]) else ""
             raise DataError(f"{src}: download failed{hint}: {str(e)[:200]}") from None

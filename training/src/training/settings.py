@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-
 from ride.registry import MODEL_NAME, STAGING
 from ride.settings import duration, setting, timestamp
+from ride.tlc import CACHE_DIR
 
 
 @dataclass
@@ -42,8 +41,7 @@ class TrainSettings(RegistrySettings):
         "promote only when RMSE is at most (1 - margin) x the alias holder's on the same validation rides; "
         "negative lets a worse model through", 0.01, type=float)  # fmt: skip
     data_dir: str | None = setting("where local copies of TLC months are (green_tripdata_YYYY-MM.parquet)", env="DATA_DIR")
-    data_cache_dir: str = setting("where downloads are cached, by URL", str(Path.home() / ".cache" / "taxi-mlops"),
-                                  env="DATA_CACHE_DIR")  # fmt: skip
+    data_cache_dir: str = setting("where downloads are cached, by URL", CACHE_DIR, env="DATA_CACHE_DIR")
     hyperparameters: dict | None = None  # for tests and notebooks; not a flag
 
 
