@@ -3,7 +3,6 @@ reference of the model version that served them."""
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +52,6 @@ class Current:
 
 
 def read_table(src: str) -> pd.DataFrame:
-    name = src.lower()
     try:
         raw = store.read_bytes(src)
     except FileNotFoundError:
@@ -61,13 +59,9 @@ def read_table(src: str) -> pd.DataFrame:
     except Exception as e:
         raise InputError(f"{src}: cannot read: {e}") from None
     try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(io.BytesIO(raw))
-        if name.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
-    except Exception as e:
-        raise InputError(f"{src}: cannot parse: {e}") from None
-    raise InputError(f"{src}: unknown format (expected .parquet, .csv or .csv.gz)")
+        return store.parse_table(src, raw)
+    except ride.SourceError as e:
+        raise InputError(str(e)) from None
 
 
 def serving_rides(table: pd.DataFrame, src: str, keep: tuple[str, ...] = ()) -> pd.DataFrame:

@@ -58,3 +58,22 @@ def read_many(uris: list[str], credentials: dict | None = None) -> dict[str, byt
     paths = {_fs(u, credentials)[1]: u for u in uris}
     got = fs.cat(list(paths), on_error="return")
     return {paths[p]: body for p, body in got.items()}
+
+
+def parse_table(src: str, raw: bytes):
+    """A parquet, csv or csv.gz file's bytes as a DataFrame (the caller's pandas); SourceError naming `src`."""
+    import io
+
+    import pandas as pd
+
+    from ride.rules import SourceError
+
+    name = src.split("?")[0].lower()
+    try:
+        if name.endswith(".parquet"):
+            return pd.read_parquet(io.BytesIO(raw))
+        if name.endswith((".csv", ".csv.gz")):
+            return pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
+    except Exception as e:
+        raise SourceError(f"{src}: cannot parse: {e}") from None
+    raise SourceError(f"{src}: unknown format (expected .parquet, .csv or .csv.gz)")

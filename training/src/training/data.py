@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +52,10 @@ def fetch_bytes(src: str, cache_dir: str) -> bytes:
 
 
 def parse(src: str, raw: bytes) -> pd.DataFrame:
-    name = src.split("?")[0].lower()
     try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(io.BytesIO(raw))
-        if name.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
-    except Exception as e:
-        raise DataError(f"{src}: cannot parse: {e}") from None
-    raise DataError(f"{src}: unknown format (expected .parquet, .csv or .csv.gz)")
+        return store.parse_table(src, raw)
+    except ride.SourceError as e:
+        raise DataError(str(e)) from None
 
 
 def prepare(df: pd.DataFrame, src: str = "data") -> tuple[pd.DataFrame, pd.DataFrame]:
