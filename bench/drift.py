@@ -10,7 +10,6 @@ cache (the first run at a new window size) and with the cache filled (every late
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -18,15 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import ROOT, component_python  # noqa: E402
+import ride
+from stack.processes import ROOT, component_python
 
 PER_OBJECT = 500
 
@@ -51,17 +49,16 @@ def write_logs(root: Path, n: int, end: datetime) -> None:
     for first in range(0, n, PER_OBJECT):
         chunk = frame.iloc[first : first + PER_OBJECT]
         ts = start + timedelta(seconds=(first / n) * 23 * 3600)
-        stamp = ts.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        lines = [
-            json.dumps({"record_id": uuid.uuid4().hex, "ride_id": f"r{first + i}", "request_id": "bench", "ts": stamp,
-                        "model_name": "trip-duration", "model_version": "1", "PULocationID": int(r.PULocationID),
-                        "DOLocationID": int(r.DOLocationID), "trip_distance": float(r.trip_distance),
-                        "prediction": float(r.prediction), "latency_ms": 1.0})
+        stamp = ride.utc_timestamp(ts)
+        records = [
+            ride.log_record(ride.Ride(f"r{first + i}", int(r.PULocationID), int(r.DOLocationID), float(r.trip_distance)),
+                            float(r.prediction), model_name="trip-duration", model_version="1", request_id="bench",
+                            ts=stamp, latency_ms=1.0)
             for i, r in enumerate(chunk.itertuples())
         ]  # fmt: skip
-        path = root / f"model=trip-duration/date={ts:%Y-%m-%d}/hour={ts:%H}/{uuid.uuid4().hex}.jsonl.gz"
+        path = root / ride.log_key("trip-duration", stamp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=5))
+        path.write_bytes(ride.jsonl_gz(records))
 
 
 def measure(args: list[str]) -> dict:
