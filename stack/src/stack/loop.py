@@ -22,7 +22,7 @@ def loop(cfg: Config) -> dict:
     progress = Progress(12)
     phases = []
     try:
-        stack.start(progress)  # steps 1-4: S3, MLflow, the older model trained and @staging, served
+        stack.start(progress)  # steps 1-5: S3, MLflow, the older model trained, @staging, served
         old = {"version": stack.model["version"], "rmse": stack.trained["rmse"]}
         rides = traffic.rides(cfg.traffic_month, 2 * cfg.traffic_rides)
         first, second = rides.iloc[: cfg.traffic_rides], rides.iloc[cfg.traffic_rides :]
