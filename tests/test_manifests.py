@@ -120,6 +120,8 @@ def test_the_training_retrain_and_rollback_cronjobs_share_one_pod_template(rende
     exactly where the patches say, and every one is suspended (Jobs are created from them, never on a schedule)."""
     training, retrain, rollback = (named(rendered, "CronJob", n) for n in ("training", "retrain", "rollback"))
     assert all(c["spec"]["suspend"] is True for c in (training, retrain, rollback))
+    # A retraining Job that never starts would count as running forever: the drift job would never start another.
+    assert 0 < training["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] <= 3600
     assert differences(training, retrain) == {
         "/metadata/name": ("training", "retrain"),
         "/spec/jobTemplate/metadata": (None, {"labels": {"app.kubernetes.io/component": "retraining"}}),
