@@ -230,7 +230,8 @@ def test_the_drift_job_retrains_an_older_model_and_make_rollback_brings_it_back(
     with port_forward("trip-duration-transformer", 80, tmp_path) as port:
         assert served_version(port) == str(older["version"])
         n = scored(make("traffic", f"LOCAL_PORT={port}", "TRAFFIC_RIDES=20000").stdout)
-    wait_until(lambda: len(predictions(start)) >= n, f"{n} log records in s3://predictions/logs", timeout=300)
+    wait_until(lambda: len(predictions(start)) >= n, f"{n} log records in s3://predictions/logs", timeout=300,
+               interval=5)  # fmt: skip
     summary = last_json(make("drift", timeout=1200).stdout)
     assert summary["model_version"] == str(older["version"])
     retrain = summary["retrain"]
