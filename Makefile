@@ -26,6 +26,8 @@ LOCAL_PORT ?= 8080
 # Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
 TRAIN_DATA ?= 2022-01
 VAL_DATA ?= 2022-02
+# The fair gate's margin for `make train`: a negative one lets a worse model through (to serve an older one on purpose).
+GATE_MARGIN ?= 0.01
 CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
 KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
@@ -141,23 +143,34 @@ overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged T
 		> $(TAGGED_OVERLAY)/kustomization.yaml
 
 .PHONY: apply
-apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and users, MLflow, RBAC, drift CronJob) and wait for them
+apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and users, MLflow, RBAC, the CronJobs) and wait for them
 	@echo "==> manifests $(OVERLAY), tag $(TAG)"
 	$(KUBECTL) delete job minio-setup -n $(NAMESPACE) --ignore-not-found
-	$(KUBECTL) apply -k $(TAGGED_OVERLAY) -l 'app.kubernetes.io/component!=training'
+	$(KUBECTL) apply -k $(TAGGED_OVERLAY)
 	$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s
 	@$(call wait-job,minio-setup,300)
 
 .PHONY: train
-train: check-kubectl overlay ## (Re)run the training Job on TRAIN_DATA/VAL_DATA: register, gate @staging, roll the InferenceService
+train: check-kubectl ## Run a training Job on TRAIN_DATA/VAL_DATA (GATE_MARGIN): register, gate @staging, roll the InferenceService
 	@echo "==> training Job on $(TRAIN_DATA) / $(VAL_DATA) (logs: kubectl logs -n $(NAMESPACE) job/training -c train -f)"
 	$(KUBECTL) create configmap training-data -n $(NAMESPACE) --from-literal=TRAIN_DATA=$(TRAIN_DATA) \
-		--from-literal=VAL_DATA=$(VAL_DATA) --dry-run=client -o yaml | $(KUBECTL) apply -f -
-	$(KUBECTL) delete job training -n $(NAMESPACE) --ignore-not-found
-	$(KUBECTL) apply -k $(TAGGED_OVERLAY) -l app.kubernetes.io/component=training
-	@$(call wait-job,training,1800)
-	$(KUBECTL) logs -n $(NAMESPACE) job/training -c train --tail=1
-	$(KUBECTL) wait --for=condition=Ready inferenceservice/trip-duration -n $(NAMESPACE) --timeout=60s
+		--from-literal=VAL_DATA=$(VAL_DATA) --from-literal=GATE_MARGIN=$(GATE_MARGIN) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(call job-from-cronjob,training,train,1800)
+
+.PHONY: rollback
+rollback: check-kubectl ## Point @staging back at @previous (and @previous at what it held) and roll the InferenceService to it
+	@echo "==> rollback Job: @staging back to @previous (logs: kubectl logs -n $(NAMESPACE) job/rollback -c rollback -f)"
+	$(call job-from-cronjob,rollback,rollback,1200)
+
+# $(call job-from-cronjob,NAME,STEP,SECONDS): (re)create Job NAME from the suspended CronJob NAME, wait for it (wait-job),
+# print the last line of its step STEP (its JSON), and check that the InferenceService its deploy container rolled is Ready.
+define job-from-cronjob
+$(KUBECTL) delete job $(1) -n $(NAMESPACE) --ignore-not-found
+$(KUBECTL) create job $(1) --from=cronjob/$(1) -n $(NAMESPACE)
+@$(call wait-job,$(1),$(3))
+$(KUBECTL) logs -n $(NAMESPACE) job/$(1) -c $(2) --tail=1
+$(KUBECTL) wait --for=condition=Ready inferenceservice/trip-duration -n $(NAMESPACE) --timeout=60s
+endef
 
 .PHONY: upload-data
 upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster's s3://data/ (for clusters without internet)
@@ -177,7 +190,7 @@ predict: ## POST the workshop's ride to localhost:LOCAL_PORT (port-forward or `m
 	@echo
 
 .PHONY: drift
-drift: check-kubectl ## Run the drift CronJob now and print its table (exit 1 when the Job fails)
+drift: check-kubectl ## Run the drift CronJob now and print its table (exit 1 when the Job fails); it may start a retraining Job
 	@job=drift-now-$$(date +%s); \
 	$(KUBECTL) create job $$job --from=cronjob/drift -n $(NAMESPACE); \
 	$(call wait-job,$$job,900); \

@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -155,3 +158,63 @@ def read_prediction_logs(s3: S3Endpoint, uri: str) -> list[dict]:
     from ride.reader import read_records
 
     return read_records(uri, LOG_FIELDS, ["record_id"], credentials=s3.env_for()).frame.to_dict("records")
+
+
+class ApiStandIn:
+    """A small HTTP server standing in for the Kubernetes API server, which cannot run here: the kubernetes client in a
+    component's environment speaks real HTTP to it. Subclasses answer in `route`; every request is recorded as
+    (method, path, query, content type, body)."""
+
+    def __init__(self):
+        self.requests: list[tuple] = []
+        self.lock = threading.Lock()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        for method in ("GET", "POST", "PATCH", "PUT"):
+            setattr(Handler, f"do_{method}", lambda handler, method=method: stand_in.handle(handler, method))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(h.path)
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0))) if method != "GET" else b""
+        query = parse_qs(url.query)
+        with self.lock:
+            self.requests.append((method, url.path, query, h.headers.get("Content-Type"), body))
+            status, answer = self.route(method, url.path, query, body)
+        data = json.dumps(answer).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def route(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict]:
+        raise NotImplementedError
+
+    @staticmethod
+    def not_found() -> tuple[int, dict]:
+        return 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
+
+    def kubeconfig(self, folder: Path, namespace: str) -> Path:
+        """A kubeconfig that points the kubernetes client here, as a pod's in-cluster config points it at the API."""
+        path = folder / "kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+            "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+            "users": [{"name": "job", "user": {"token": "stand-in"}}],
+            "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "job", "namespace": namespace}}],
+        }))  # fmt: skip
+        return path
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -11,7 +11,12 @@ The model checks, call by call, what makes a fresh cluster refuse an object or a
 - the pods of a Job waited for, of a Deployment waited Available and of the InferenceService find every ConfigMap and
   Secret they name (env, envFrom, volumes, the predictor's ServiceAccount): a missing one leaves them waiting
   (a Certificate's Secret counts as there: cert-manager makes it);
-- a client-side apply cannot carry an object over 256 KiB (its last-applied annotation would be too long).
+- a client-side apply cannot carry an object over 256 KiB (its last-applied annotation would be too long);
+- `kubectl create job --from=cronjob/X` needs CronJob X, and copies its jobTemplate (labels, spec) with an owner
+  reference to it; deleting an owner deletes what it owns (the garbage collector's cascade);
+- what a Job's pod does through the API is authorized against the Roles bound to its ServiceAccount (resourceNames
+  included): the deploy container applying the InferenceService, the drift job reading the CronJob it starts
+  retraining Jobs from, listing Jobs and creating one.
 Not modelled, and said here so: controllers, pods, image pulls, and the CA that cert-manager injects into KServe's
 own webhooks (their Deployments mount the Secret of the Certificate the CA comes from, so they are not Available
 before cert-manager has issued it).
@@ -411,6 +416,10 @@ class ApiServer:
 
     def delete(self, key: tuple) -> None:
         self.objects.pop(key, None)
+        owned = [k for k, o in self.objects.items() if k[2] == key[2] and any(
+            (r["kind"], r["name"]) == (key[1], key[3]) for r in o["metadata"].get("ownerReferences", []))]  # fmt: skip
+        for k in owned:
+            self.delete(k)
         if key[1] == "Namespace":
             for k in [k for k in self.objects if k[2] == key[3]]:
                 del self.objects[k]
@@ -468,7 +477,10 @@ class ApiServer:
             cron = self.get("batch", "CronJob", namespace or "default", source)
             if not cron:
                 raise Refused(f'cronjobs.batch "{source}" not found')
-            obj["spec"] = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"])
+            template = cron["spec"]["jobTemplate"]
+            obj["metadata"]["labels"] = dict((template.get("metadata") or {}).get("labels", {}))
+            obj["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "CronJob", "name": source}]
+            obj["spec"] = copy.deepcopy(template["spec"])
         if flags.get("--dry-run") == ["client"]:
             return [obj]
         group, _ = group_version(api_version)
@@ -539,7 +551,8 @@ class ApiServer:
                 raise Refused(f"the rehearsal does not model waiting for {condition} on {kind}")
 
     def run_job(self, job: dict) -> None:
-        """A Job's pods run; the training Job's deploy container applies the InferenceService as its ServiceAccount."""
+        """A Job's pods run: the deploy container applies the InferenceService, the drift container may start a
+        retraining Job, each as the pod's ServiceAccount."""
         if "ran" in job:
             if job["ran"]:
                 raise Refused(job["ran"])
@@ -568,6 +581,15 @@ class ApiServer:
                     self.authorize(ns, account, "inferenceservices", "serving.kserve.io", verb)
                 self.check_inferenceservice(isvc)
                 self.put(isvc, ns, actor=f"serviceaccount {account}")
+            retrain = [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith("--retrain-cronjob=")]
+            # monitoring/retrain.py's start_job: list Jobs, read the CronJob, create a Job. The drift job would report a
+            # refusal in its JSON and carry on; here it fails the rehearsal, which is what it is for.
+            for cronjob in retrain:
+                self.authorize(ns, account, "jobs", "batch", "list")
+                self.authorize(ns, account, "cronjobs", "batch", "get", cronjob)
+                if not self.get("batch", "CronJob", ns, cronjob):
+                    raise Refused(f'job/{job["metadata"]["name"]}: cronjobs.batch "{cronjob}" not found')
+                self.authorize(ns, account, "jobs", "batch", "create")
 
     def missing_references(self, pod: dict, ns: str) -> str | None:
         """The first ConfigMap or Secret a pod names (env, envFrom, volumes) that does not exist: the kubelet waits."""
@@ -588,13 +610,16 @@ class ApiServer:
                     return f"{kind.lower()} {name}"
         return None
 
-    def authorize(self, namespace: str, account: str, resource: str, group: str, verb: str) -> None:
+    def authorize(self, namespace: str, account: str, resource: str, group: str, verb: str,
+                  name: str | None = None) -> None:  # fmt: skip
         roles = [self.get("rbac.authorization.k8s.io", "Role", namespace, b["roleRef"]["name"])
                  for b in self.find("rbac.authorization.k8s.io", "RoleBinding", namespace)
                  if any(s.get("kind") == "ServiceAccount" and s["name"] == account for s in b.get("subjects", []))]  # fmt: skip
         if not any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+                   and ("resourceNames" not in r or name in r["resourceNames"])
                    for role in roles if role for r in role["rules"]):  # fmt: skip
-            raise Refused(f"serviceaccount {namespace}/{account} cannot {verb} {resource}.{group}")
+            named = f" {name}" if name else ""
+            raise Refused(f"serviceaccount {namespace}/{account} cannot {verb} {resource}.{group}{named}")
 
     def check_inferenceservice(self, isvc: dict) -> None:
         """What the InferenceService names must be there: its runtime, its ServiceAccount, Standard mode."""

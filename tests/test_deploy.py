@@ -1,7 +1,7 @@
 """`python -m training deploy` against a stand-in for the Kubernetes API server.
 
-No kube-apiserver can run here, so a small HTTP server in this file stands in for it: the kubernetes client in the
-training environment speaks real HTTP to it, and a scripted controller moves the InferenceService's Deployments
+No kube-apiserver can run here, so a small HTTP server (harness.ApiStandIn) stands in for it: the kubernetes client
+in the training environment speaks real HTTP to it, and a scripted controller moves the InferenceService's Deployments
 through a rollout the way KServe's controller and the Deployment controller would. What these tests prove is what
 the deploy command sends and when it decides that the rollout is done; what the API server does with a server-side
 apply (removing fields a later render drops) is the API server's, and only the e2e tier on kind sees it.
@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
-from harness import ROOT, component_python
+from harness import ROOT, ApiStandIn, component_python
 from test_manifests import kustomize
 
 NAMESPACE, NAME = "taxi-mlops", "trip-duration"
@@ -45,55 +42,17 @@ def isvc_status(ready: bool, observed: int = 1) -> dict:
                                                             "message": "" if ready else "predictor not ready"}]}  # fmt: skip
 
 
-class StandIn:
+class StandIn(ApiStandIn):
     """Serves an InferenceService and its two Deployments; each GET of the InferenceService after the apply moves the
-    scripted controller one step on. Records every request as (method, path, query, content type, body)."""
+    scripted controller one step on."""
 
     def __init__(self, before: dict | None, steps: list):
         self.isvc = before
         self.deployments: dict[str, dict] = {}
         self.steps, self.step = steps, -1
-        self.requests: list[tuple] = []
-        self.lock = threading.Lock()
-        stand_in = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                stand_in.handle(self, "GET")
-
-            def do_PATCH(self):
-                stand_in.handle(self, "PATCH")
-
-            def do_POST(self):
-                stand_in.handle(self, "POST")
-
-            def do_PUT(self):
-                stand_in.handle(self, "PUT")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
-        url = urlsplit(h.path)
-        body = h.rfile.read(int(h.headers.get("Content-Length", 0))) if method != "GET" else b""
-        with self.lock:
-            self.requests.append((method, url.path, parse_qs(url.query), h.headers.get("Content-Type"), body))
-            status, answer = self.route(method, url.path, body)
-        data = json.dumps(answer).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-    def route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    def route(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict]:
         if path == ISVC_PATH and method == "PATCH":
             applied = yaml.safe_load(body)
             generation = (self.isvc or {}).get("metadata", {}).get("generation", 0) + 1
@@ -104,7 +63,7 @@ class StandIn:
             return 200, self.isvc
         if path == ISVC_PATH and method == "GET":
             if self.isvc is None:
-                return 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
+                return self.not_found()
             if 0 <= self.step < len(self.steps) - 1:
                 self.step += 1
                 self.steps[self.step](self)
@@ -112,23 +71,8 @@ class StandIn:
         match = DEPLOYMENT_PATH.match(path)
         if match and method == "GET":
             found = self.deployments.get(match[1])
-            return (200, found) if found else (404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+            return (200, found) if found else self.not_found()
         return 405, {"kind": "Status", "code": 405, "message": f"the stand-in does not serve {method} {path}"}
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def kubeconfig(tmp_path, server: str):
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
-        "clusters": [{"name": "stand-in", "cluster": {"server": server}}],
-        "users": [{"name": "job", "user": {"token": "stand-in"}}],
-        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "job", "namespace": NAMESPACE}}],
-    }))  # fmt: skip
-    return path
 
 
 JOB_ENV = {"TRANSFORMER_IMAGE": "taxi-mlops/transformer:t-123", "POD_NAMESPACE": NAMESPACE}
@@ -138,7 +82,7 @@ def deploy(tmp_path, stand_in: StandIn, *args: str) -> subprocess.CompletedProce
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
-        "KUBECONFIG": str(kubeconfig(tmp_path, stand_in.url)),
+        "KUBECONFIG": str(stand_in.kubeconfig(tmp_path, NAMESPACE)),
         **JOB_ENV,
     }
     return subprocess.run(
@@ -256,7 +200,8 @@ def test_the_training_role_allows_every_call_deploy_makes_and_no_more(tmp_path, 
     also asks for create (server-side apply is a patch); the rollout is read on Deployments."""
     s = stand_ins(None, [old_version_serving, rolled_out_and_ready])
     assert deploy(tmp_path, s).returncode == 0
-    role = next(d for d in kustomize(ROOT / "manifests" / "overlays" / "kind") if d["kind"] == "Role")
+    role = next(d for d in kustomize(ROOT / "manifests" / "overlays" / "kind")
+                if d["kind"] == "Role" and d["metadata"]["name"] == "inferenceservice-deployer")  # fmt: skip
     verbs = {"GET": "get", "PATCH": "patch"}
     calls = {(verbs[m], "apps" if "/apps/" in p else "serving.kserve.io", p.split("/")[-2]) for m, p, *_ in s.requests}
     calls.add(("create", "serving.kserve.io", "inferenceservices"))

@@ -44,11 +44,11 @@ def make(target: str, tmp_path: Path, job_ends: str, *args: str) -> tuple[subpro
     return proc, calls.read_text().splitlines()
 
 
-@pytest.mark.parametrize("target", ["train", "drift"])
+@pytest.mark.parametrize("target", ["train", "rollback", "drift"])
 def test_a_failed_job_stops_make_at_once_with_its_logs(target, tmp_path):
     proc, calls = make(target, tmp_path, "failed")
     assert proc.returncode != 0
-    assert re.search(r"job/(training|drift-now-\d+) failed; its logs:\n.*the Job's own last words", proc.stderr), (
+    assert re.search(r"job/(training|rollback|drift-now-\d+) failed; its logs:\n.*the Job's own last words", proc.stderr), (
         proc.stderr
     )
     waits = [c for c in calls if c.startswith("wait --for=condition=") and " job/" in c]
@@ -56,22 +56,40 @@ def test_a_failed_job_stops_make_at_once_with_its_logs(target, tmp_path):
     assert not any("inferenceservice" in c for c in calls), "nothing after the failed Job"
 
 
-@pytest.mark.parametrize("target", ["train", "drift"])
+@pytest.mark.parametrize("target", ["train", "rollback", "drift"])
 def test_a_job_that_never_ends_stops_make_when_its_budget_is_spent(target, tmp_path):
     proc, calls = make(target, tmp_path, "never")
     assert proc.returncode != 0
-    budget = {"train": 1800, "drift": 900}[target]
+    budget = {"train": 1800, "rollback": 1200, "drift": 900}[target]
     assert f"did not complete within {budget}s; its logs:" in proc.stderr
     assert sum(c.startswith("wait --for=condition=Complete") and "--timeout=10s" in c for c in calls) == budget // 10
 
 
+def job_from_cronjob(name: str, step: str) -> list[str]:
+    """What `make train` and `make rollback` ask of kubectl once the Job completes at the first look."""
+    return [f"delete job {name} -n taxi-mlops --ignore-not-found", f"create job {name} --from=cronjob/{name} -n taxi-mlops",
+            f"wait --for=condition=Complete job/{name} -n taxi-mlops --timeout=10s",
+            f"logs -n taxi-mlops job/{name} -c {step} --tail=1",
+            "wait --for=condition=Ready inferenceservice/trip-duration -n taxi-mlops --timeout=60s"]  # fmt: skip
+
+
 def test_a_completed_training_job_goes_on_to_the_inferenceservice(tmp_path):
-    proc, calls = make("train", tmp_path, "complete", "TAG=t-9")
+    """The months and the gate's margin reach the Job through the ConfigMap training-data; the Job comes from the
+    suspended CronJob `make apply` applied."""
+    proc, calls = make("train", tmp_path, "complete", "TRAIN_DATA=2021-01", "VAL_DATA=2021-02", "GATE_MARGIN=-1")
     assert proc.returncode == 0, proc.stderr
-    assert calls[-2:] == ["logs -n taxi-mlops job/training -c train --tail=1",
-                          "wait --for=condition=Ready inferenceservice/trip-duration -n taxi-mlops --timeout=60s"]  # fmt: skip
-    assert f"apply -k {tmp_path / 'build'}/overlay -l app.kubernetes.io/component=training" in calls
-    assert 'newTag: "t-9"' in (tmp_path / "build" / "overlay" / "kustomization.yaml").read_text()
+    pipe = ["apply -f -", "create configmap training-data -n taxi-mlops --from-literal=TRAIN_DATA=2021-01 "
+            "--from-literal=VAL_DATA=2021-02 --from-literal=GATE_MARGIN=-1 --dry-run=client -o yaml"]
+    assert sorted(calls[:2]) == pipe  # both sides of the pipe run at once: either may be recorded first
+    assert calls[2:] == job_from_cronjob("training", "train")
+    assert "the Job's own last words" in proc.stdout  # the train step's JSON line
+
+
+def test_a_completed_rollback_job_goes_on_to_the_inferenceservice(tmp_path):
+    proc, calls = make("rollback", tmp_path, "complete")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == job_from_cronjob("rollback", "rollback")
+    assert "the Job's own last words" in proc.stdout
 
 
 def test_a_completed_drift_job_prints_its_table(tmp_path):

@@ -84,25 +84,74 @@ def test_our_images_are_never_pulled_and_carry_the_tag(rendered):
                 assert c["imagePullPolicy"] == "IfNotPresent" and c["image"].endswith(f":{TAG}"), where
 
 
+def named(rendered: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in rendered if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
 def test_drift_cronjob_contract(rendered):
-    cron = next(d for d in rendered if d["kind"] == "CronJob")
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    cron = named(rendered, "CronJob", "drift")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and not cron["spec"].get("suspend")
     assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
     assert cron["spec"]["successfulJobsHistoryLimit"] and cron["spec"]["failedJobsHistoryLimit"]
-    args = containers(cron)[0]["args"]
-    assert "--reference=models:/trip_duration" in args and "--log-to-mlflow" in args  # each logged version's own
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == "drift"
+    config = next(d["data"] for d in rendered if d["metadata"]["name"].startswith("taxi-mlops-config"))
+    assert config["ACTUALS_URI"] == "s3://actuals/rides"
+    # Each logged version against its own reference; live error against the actuals; retraining from `retrain`.
+    assert containers(cron)[0]["args"] == ["--reference=models:/trip_duration", "--current=$(PREDICTION_LOG_URI)",
+                                           "--window=$(DRIFT_WINDOW)", "--report-uri=s3://monitoring", "--log-to-mlflow",
+                                           "--actuals=$(ACTUALS_URI)", "--retrain-cronjob=retrain"]  # fmt: skip
+
+
+def differences(a, b, path: str = "") -> dict[str, tuple]:
+    """{path: (a's value, b's value)} wherever two rendered objects differ (lists of objects item by item)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: v for key in a.keys() | b.keys()
+                for k, v in differences(a.get(key), b.get(key), f"{path}/{key}").items()}  # fmt: skip
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(isinstance(x, dict) for x in a + b):
+        return {k: v for i, (x, y) in enumerate(zip(a, b)) for k, v in differences(x, y, f"{path}/{i}").items()}
+    return {} if a == b else {path: (a, b)}
+
+
+POD = "/spec/jobTemplate/spec/template/spec"
+
+
+def test_the_training_retrain_and_rollback_cronjobs_share_one_pod_template(rendered):
+    """retrain and rollback are derived from the training CronJob by kustomize patches: the rendered objects differ
+    exactly where the patches say, and every one is suspended (Jobs are created from them, never on a schedule)."""
+    training, retrain, rollback = (named(rendered, "CronJob", n) for n in ("training", "retrain", "rollback"))
+    assert all(c["spec"]["suspend"] is True for c in (training, retrain, rollback))
+    # A retraining Job that never starts would count as running forever: the drift job would never start another.
+    assert 0 < training["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] <= 3600
+    assert differences(training, retrain) == {
+        "/metadata/name": ("training", "retrain"),
+        "/spec/jobTemplate/metadata": (None, {"labels": {"app.kubernetes.io/component": "retraining"}}),
+        f"{POD}/initContainers/1/args": (
+            ["train", "--train-data", "$(TRAIN_DATA)", "--val-data", "$(VAL_DATA)", "--gate-margin", "$(GATE_MARGIN)"],
+            ["train", "--production-rides", "$(PREDICTION_LOG_URI)", "--actuals", "$(ACTUALS_URI)", "--window",
+             "$(RETRAIN_WINDOW)"]),
+    }  # fmt: skip
+    train = training["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][1]
+    config = train["envFrom"][0]
+    assert differences(training, rollback) == {
+        "/metadata/name": ("training", "rollback"),
+        f"{POD}/initContainers/1/name": ("train", "rollback"),
+        f"{POD}/initContainers/1/args": (train["args"], ["rollback"]),
+        # MLflow alone: no S3 key, and none of `make train`'s months.
+        f"{POD}/initContainers/1/envFrom": ([config, {"configMapRef": {"name": "training-data"}},
+                                             {"secretRef": {"name": "s3-training"}}], [config]),
+    }  # fmt: skip
+    assert config["configMapRef"]["name"].startswith("taxi-mlops-config-")
 
 
 def test_training_role_allows_exactly_inferenceservice_get_create_patch_and_deployment_get(rendered):
-    role = next(d for d in rendered if d["kind"] == "Role")
+    role = named(rendered, "Role", "inferenceservice-deployer")
     assert role["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
                               "verbs": ["get", "create", "patch"]},
                              {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]  # fmt: skip
 
 
 def job_env(rendered: list[dict], container: str = "deploy") -> dict:
-    job = next(d for d in rendered if d["kind"] == "Job" and d["metadata"]["name"] == "training")
-    deploy = next(c for c in containers(job) if c["name"] == container)
+    deploy = next(c for c in containers(named(rendered, "CronJob", "training")) if c["name"] == container)
     return {e["name"]: e["value"] for e in deploy["env"] if "value" in e}
 
 
@@ -155,11 +204,14 @@ def test_a_tag_docker_cannot_use_is_one_clear_line(tag, tmp_path):
 
 
 def test_kind_drift_job_looks_every_10_minutes_at_the_last_hour(tmp_path):
-    """The README's claim, and what makes `make drift` right after `make traffic` see exactly that traffic."""
+    """The README's claim, and what makes `make drift` right after `make traffic` see exactly that traffic; the
+    retraining Job it starts learns from that same hour."""
     docs = kustomize_tagged(tmp_path)
-    cron = next(d for d in docs if d["kind"] == "CronJob")
+    cron = named(docs, "CronJob", "drift")
     config = next(d["data"] for d in docs if d["metadata"]["name"].startswith("taxi-mlops-config"))
     assert cron["spec"]["schedule"] == "*/10 * * * *" and config["DRIFT_WINDOW"] == "1h"
+    assert config["RETRAIN_WINDOW"] == config["DRIFT_WINDOW"]
+    assert "$(RETRAIN_WINDOW)" in containers(named(docs, "CronJob", "retrain"))[1]["args"]
     assert "--window=$(DRIFT_WINDOW)" in containers(cron)[0]["args"]
 
 
@@ -181,8 +233,8 @@ def check_entrypoint(component: str, container: dict, config: dict | None = None
         assert container["command"] == ["mlflow", "server"], container["command"]
         subprocess.run([str(Path(python).parent / "mlflow"), "server", "--help"], check=True, capture_output=True)
         return
-    # $(VAR) is expanded by the kubelet from the pod's environment: the ConfigMap, and `make train`'s months.
-    config = {"TRAIN_DATA": "2022-01", "VAL_DATA": "2022-02", **(config or {})}
+    # $(VAR) is expanded by the kubelet from the pod's environment: the ConfigMap, and `make train`'s months and margin.
+    config = {"TRAIN_DATA": "2022-01", "VAL_DATA": "2022-02", "GATE_MARGIN": "-1", **(config or {})}
     args = [re.sub(r"\$\((\w+)\)", lambda m: config[m[1]], a) for a in container.get("args", [])]
     subcommand = args[:1] if component == "training" else []
     subprocess.run([python, "-m", component, *subcommand, "--help"], check=True, capture_output=True)
@@ -434,7 +486,9 @@ def test_make_deploy_shows_the_whole_sequence_in_upstreams_order_without_side_ef
         "create secret generic s3-dispatcher",
         "annotate --overwrite secret s3-predictor",
         "delete job minio-setup",
-        f"apply -k {build}/overlay -l 'app.kubernetes.io/component!=training'",
+        f"apply -k {build}/overlay\n",
+        "create configmap training-data",
+        "create job training --from=cronjob/training",
         "wait --for=condition=Complete job/training",
         "wait --for=condition=Ready inferenceservice/trip-duration",
     ]

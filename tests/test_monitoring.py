@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
@@ -12,8 +13,9 @@ import pytest
 import requests
 
 import ride
-from harness import free_port, run_cli, start_predictor, start_transformer, train, unique
+from harness import ROOT, ApiStandIn, free_port, run_cli, start_predictor, start_transformer, train, unique
 from stack import traffic
+from test_manifests import kustomize
 
 def replay(url: str, frame: pd.DataFrame) -> list[str]:
     """Send rides through the transformer the way `make traffic` does; return the ids of the scored ones."""
@@ -327,3 +329,76 @@ def test_live_error_from_actuals_in_s3_and_its_own_verdict(s3, mlflow_url, model
                          "filter": "metrics.degraded = 1"}, timeout=10).json()["runs"]  # fmt: skip
     tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
     assert tags["retrain.wanted"] == "True" and "live error degraded" in tags["retrain.reason"]
+
+
+class BatchApi(ApiStandIn):
+    """The batch/v1 API of one namespace: the suspended CronJob `retrain` as kustomize renders it, with the uid the API
+    server gives an object; Jobs listed by label and created. A created Job stays active (no condition)."""
+
+    def __init__(self, namespace: str, cronjob: dict):
+        self.base = f"/apis/batch/v1/namespaces/{namespace}"
+        self.cronjob = {**cronjob, "metadata": {**cronjob["metadata"], "uid": str(uuid.uuid4())}}
+        self.jobs: list[dict] = []
+        super().__init__()
+
+    def route(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict]:
+        if (method, path) == ("GET", f"{self.base}/cronjobs/{self.cronjob['metadata']['name']}"):
+            return 200, self.cronjob
+        if (method, path) == ("GET", f"{self.base}/jobs"):
+            key, _, value = query["labelSelector"][0].partition("=")
+            items = [j for j in self.jobs if j["metadata"].get("labels", {}).get(key) == value]
+            return 200, {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items}
+        if (method, path) == ("POST", f"{self.base}/jobs"):
+            self.jobs.append({**json.loads(body), "status": {}})
+            return 201, self.jobs[-1]
+        return self.not_found()
+
+    def calls(self) -> list[tuple[str, str, str | None]]:
+        """(verb, resource, name) of each request, as RBAC sees it."""
+        verbs = {("GET", True): "get", ("GET", False): "list", ("POST", False): "create"}
+        out = []
+        for method, path, *_ in self.requests:
+            resource, _, name = path.removeprefix(self.base + "/").partition("/")
+            out.append((verbs[(method, bool(name))], resource, name or None))
+        return out
+
+
+def test_degradation_starts_one_retraining_job_from_the_retrain_cronjob(s3, mlflow_url, model, logs, tmp_path):
+    """The drift CronJob's trigger, against a stand-in API server serving the CronJob `retrain` as the manifests render
+    it: the Job it creates is that CronJob's template with an owner reference, as `kubectl create job --from` makes; a
+    second run while that Job is active starts none and says why; its calls are exactly what its Role grants."""
+    only_same = f"{logs['prefix']}-same-trigger"
+    copy_objects(s3, logs["prefix"], only_same, keep=lambda rec: rec["ride_id"].startswith("same-"))
+    same = logs["rides"].iloc[:1500].assign(ride_id=lambda d: "same-" + d.ride_id)
+    slow_prefix = f"s3://actuals/{unique('slow')}"
+    write_actuals(s3, slow_prefix, same[same.ride_id.isin(logs["same"])], slower=1.6)
+    rendered = kustomize(ROOT / "manifests" / "overlays" / "kind")
+    cronjob = next(d for d in rendered if d["kind"] == "CronJob" and d["metadata"]["name"] == "retrain")
+    role = next(d for d in rendered if d["kind"] == "Role" and d["metadata"]["name"] == "retraining-starter")
+    api = BatchApi("taxi-mlops", cronjob)
+    env = {"KUBECONFIG": str(api.kubeconfig(tmp_path, "taxi-mlops")), "POD_NAMESPACE": "taxi-mlops"}
+    args = ["--reference", f"models:/{model['name']}", "--current", only_same, "--actuals", slow_prefix,
+            "--retrain-cronjob", "retrain", "--calibration-cache", str(tmp_path / "calibration")]  # fmt: skip
+    try:
+        first = drift(s3, mlflow_url, *args, env=env)
+        assert first.returncode == 0, first.stderr
+        decision = first.json["retrain"]
+        assert decision["wanted"] is True and "live error degraded" in decision["reason"], decision
+        assert [j["metadata"]["name"] for j in api.jobs] == [decision["job"]]
+        job = api.jobs[0]
+        assert job["spec"] == cronjob["spec"]["jobTemplate"]["spec"]
+        assert job["metadata"]["labels"] == {"app.kubernetes.io/component": "retraining"}
+        assert job["metadata"]["ownerReferences"] == [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "retrain",
+                                                       "uid": api.cronjob["metadata"]["uid"], "controller": True}]  # fmt: skip
+
+        second = drift(s3, mlflow_url, *args, env=env)
+        assert second.returncode == 0, second.stderr
+        assert second.json["retrain"]["wanted"] is True and second.json["retrain"]["job"] is None
+        assert second.json["retrain"]["reason"].endswith("; a retraining Job is still running")
+        assert f"retraining Job {decision['job']} is still running: not starting another" in second.stderr
+        assert len(api.jobs) == 1
+    finally:
+        api.stop()
+    granted = {(verb, resource, name) for rule in role["rules"] for verb in rule["verbs"] for resource in rule["resources"]
+               for name in rule.get("resourceNames", [None])}  # fmt: skip
+    assert set(api.calls()) == granted == {("get", "cronjobs", "retrain"), ("list", "jobs", None), ("create", "jobs", None)}

@@ -125,6 +125,39 @@ def test_the_old_sequence_in_upstreams_order_still_races_llmisvc_webhook(upstrea
                      r"not waited Available", outcome.errors)  # fmt: skip
 
 
+def test_rollback_train_and_drift_after_deploy_pass_the_rehearsal(deployed):
+    """`make apply` applied the suspended CronJobs: `make rollback` and `make train` create their Jobs from them, whose
+    deploy container rolls the InferenceService; the drift job's account may start a retraining Job from `retrain`."""
+    outcome, build = deployed
+    server = outcome.server
+    for target, job in (("rollback", "rollback"), ("train", "training"), ("drift", "$job")):
+        start = len(server.log)
+        after = replay(make_n(target, build), server)
+        assert after.failed is None, f"make {target}: `{' '.join(after.failed.argv)}` refused: {after.errors}"
+        assert f"kubectl created Job/{job} -n taxi-mlops" in server.log[start:]
+        if target != "drift":
+            assert "serviceaccount training updated InferenceService/trip-duration -n taxi-mlops" in server.log[start:]
+    rollback = server.get("batch", "Job", "taxi-mlops", "rollback")
+    assert rollback["metadata"]["ownerReferences"] == [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "rollback"}]
+    assert [c["name"] for c in rollback["spec"]["template"]["spec"]["initContainers"]] == ["transformer-image", "rollback"]
+
+
+def test_make_rollback_before_make_apply_finds_no_cronjob(upstream, tmp_path):
+    outcome = replay(make_n("rollback", tmp_path), cluster())
+    assert outcome.failed and outcome.failed.argv[1:3] == ["create", "job"]
+    assert outcome.errors == 'cronjobs.batch "rollback" not found'
+
+
+def test_the_drift_jobs_account_may_read_no_cronjob_but_retrain(upstream, tmp_path):
+    """The Role names the one CronJob it may read: granted another, the drift job's calls are refused."""
+    server = replay(make_n("deploy", tmp_path), cluster()).server
+    role = server.get("rbac.authorization.k8s.io", "Role", "taxi-mlops", "retraining-starter")
+    next(r for r in role["rules"] if r["resources"] == ["cronjobs"])["resourceNames"] = ["training"]
+    outcome = replay(make_n("drift", tmp_path), server)
+    assert outcome.failed and "job/$job" in outcome.failed.line
+    assert outcome.errors == "job/$job fails: serviceaccount taxi-mlops/drift cannot get cronjobs.batch retrain"
+
+
 def test_undeploy_keeps_the_data_and_deploy_runs_again(deployed):
     outcome, build = deployed
     server = outcome.server
@@ -135,7 +168,8 @@ def test_undeploy_keeps_the_data_and_deploy_runs_again(deployed):
             *(("Secret", name) for name in SECRETS)} <= kept  # fmt: skip
     assert server.get("", "Namespace", "", "taxi-mlops")
     gone = {("InferenceService", "trip-duration"), ("Deployment", "minio"), ("Deployment", "mlflow"), ("CronJob", "drift"),
-            ("Job", "training"), ("Role", "inferenceservice-deployer")}  # fmt: skip
+            ("Job", "training"), ("Job", "rollback"), ("Role", "inferenceservice-deployer"), ("Role", "retraining-starter"),
+            *(("CronJob", name) for name in ("training", "retrain", "rollback"))}  # fmt: skip
     assert not gone & kept
     again = replay(make_n("deploy", build), server)
     assert again.failed is None, again.errors

@@ -34,21 +34,33 @@ SECRETS = {
     ("Deployment", "minio", "minio"): {"minio-root"},
     ("Job", "minio-setup", "mc"): {"minio-root", *(f"s3-{user}" for user in USERS)},
     ("Deployment", "mlflow", "mlflow"): {"s3-mlflow"},
-    ("Job", "training", "transformer-image"): set(),
-    ("Job", "training", "train"): {"s3-training"},
-    ("Job", "training", "deploy"): set(),
+    # The training pipeline's CronJobs: retrain's step reads the logs and actuals with training's key; rollback's needs
+    # MLflow alone.
+    **{("CronJob", name, "transformer-image"): set() for name in ("training", "retrain", "rollback")},
+    ("CronJob", "training", "train"): {"s3-training"},
+    ("CronJob", "retrain", "train"): {"s3-training"},
+    ("CronJob", "rollback", "rollback"): set(),
+    **{("CronJob", name, "deploy"): set() for name in ("training", "retrain", "rollback")},
     ("CronJob", "drift", "drift"): {"s3-drift"},
     ("InferenceService", "trip-duration", "predictor"): {"s3-predictor"},
     ("InferenceService", "trip-duration", "transformer"): {"s3-transformer"},
 }
-# The containers that call the Kubernetes API, and so mount a service-account token.
-API_CALLERS = {("Job", "training", "deploy")}
+# The containers that call the Kubernetes API, and so mount a service-account token: deploy rolls the InferenceService,
+# drift starts retraining Jobs.
+API_CALLERS = {*(("CronJob", name, "deploy") for name in ("training", "retrain", "rollback")), ("CronJob", "drift", "drift")}
+# What each ServiceAccount may do through its RoleBindings, rule by rule: (verbs, API group, resource, resourceNames).
+GRANTS = {
+    "training": {(("get", "create", "patch"), "serving.kserve.io", "inferenceservices", None),
+                 (("get",), "apps", "deployments", None)},
+    "drift": {(("get",), "batch", "cronjobs", ("retrain",)), (("list",), "batch", "jobs", None),
+              (("create",), "batch", "jobs", None)},
+}  # fmt: skip
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory) -> list[dict]:
-    """What `make apply` and `make train` apply, and the InferenceService the training Job renders."""
+    """What `make apply` applies, and the InferenceService the training pipeline's deploy container renders."""
     return [*kustomize_tagged(tmp_path_factory.mktemp("build")), render_isvc()]
 
 
@@ -133,6 +145,26 @@ def test_only_the_containers_that_call_the_api_mount_a_token(docs):
             files = {f"{kind}:{item['path']}" for source in sources for kind, v in source.items()
                      for item in v.get("items", [v])}  # fmt: skip
             assert files == {"serviceAccountToken:token", "configMap:ca.crt", "downwardAPI:namespace"}
+
+
+def test_each_service_account_is_granted_exactly_its_calls(docs):
+    """The deploy container's account rolls the InferenceService; the drift job's reads the one CronJob it starts
+    retraining Jobs from, lists Jobs (one retraining at a time) and creates them; nothing else, and no other account is
+    bound to anything."""
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    granted: dict[str, set] = {}
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert binding["roleRef"]["kind"] == "Role", "namespaced grants only"
+        for subject in binding["subjects"]:
+            assert (subject["kind"], subject["namespace"]) == ("ServiceAccount", "taxi-mlops")
+            granted.setdefault(subject["name"], set()).update(
+                (tuple(r["verbs"]), *r["apiGroups"], *r["resources"], tuple(r["resourceNames"]) if "resourceNames" in r else None)
+                for r in roles[binding["roleRef"]["name"]]["rules"])  # fmt: skip
+    assert granted == GRANTS
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    for kind, name, _, pod, _ in pods(docs):
+        if any((kind, name, c) in API_CALLERS for c in ("deploy", "drift")):
+            assert pod["serviceAccountName"] in GRANTS, f"{kind}/{name}"
 
 
 def test_nothing_is_exposed_outside_the_cluster(docs):
