@@ -21,7 +21,7 @@ BUILD_DIR ?= .build
 TAGGED_OVERLAY := $(BUILD_DIR)/overlay
 # kustomize takes only relative paths to other kustomizations.
 OVERLAY_FROM_TAGGED = $(shell $(PYTHON) -c 'import os, sys; print(os.path.relpath(*sys.argv[1:]))' $(OVERLAY) $(TAGGED_OVERLAY))
-IMAGES := training transformer monitoring
+
 LOCAL_PORT ?= 8080
 # Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
 TRAIN_DATA ?= 2022-01
@@ -31,7 +31,8 @@ GATE_MARGIN ?= 0.01
 CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
 KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-COMPONENTS := training transformer monitoring
+# One folder, one environment, one image each.
+COMPONENTS := training tracking transformer monitoring
 ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) stack tests)
 STACK := stack/.venv/bin/python -m stack
 PYTEST_ARGS ?=
@@ -106,8 +107,8 @@ kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knat
 
 .PHONY: images
 images: check-docker check-kind check-tag ## Build the three images tagged TAG (versions.env, or TAG=…) and load them into kind
-	@echo "==> images $(IMAGES), tag $(TAG)"
-	@for image in $(IMAGES); do \
+	@echo "==> images $(COMPONENTS), tag $(TAG)"
+	@for image in $(COMPONENTS); do \
 		$(DOCKER) build -f $$image/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t taxi-mlops/$$image:$(TAG) .; \
 		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
 	done
@@ -139,7 +140,7 @@ overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged T
 	@printf '%s\n' '# Written by `make overlay` from TAG; not in git.' \
 		'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
 		'resources: [$(OVERLAY_FROM_TAGGED)]' 'images:' \
-		$(foreach image,$(IMAGES),'  - {name: taxi-mlops/$(image), newTag: "$(TAG)"}') \
+		$(foreach image,$(COMPONENTS),'  - {name: taxi-mlops/$(image), newTag: "$(TAG)"}') \
 		> $(TAGGED_OVERLAY)/kustomization.yaml
 
 .PHONY: apply

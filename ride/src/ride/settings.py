@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         env, default = meta["env"], f.default if f.default is not MISSING else None
         if env and os.environ.get(env):
             default = os.environ[env]  # a string: argparse converts it with `type`, as it would the flag's value
-        shown = "none" if f.default in (None, MISSING) else {True: "on", False: "off"}.get(f.default, f.default)
+        shown = ("none" if f.default is None or f.default is MISSING else "on" if f.default is True
+                 else "off" if f.default is False else f.default)  # fmt: skip
         where = f"env {env}; " if env else ""
         options = dict(meta["argparse"])
         if meta["type"] is not None:

@@ -270,17 +270,10 @@ def mlflow_server(
 ) -> tuple[Process, str]:
     """The tracking server; as in the cluster it only reads S3 (`--no-serve-artifacts`: clients write themselves)."""
     port = port or free_port()
-    env = {**os.environ, **s3.env_for(user), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **s3.env_for(user)}
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(Path(component_python("training")).parent / "mlflow"),
-        "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        *(extra or ("--default-artifact-root", "s3://mlflow/", "--no-serve-artifacts")),
-    ]  # fmt: skip
+    cmd = [component_python("tracking"), "-m", "tracking", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+           "--port", str(port), *extra]  # fmt: skip
     proc = Process(cmd, env, workdir / "mlflow.log").start()
     url = f"http://127.0.0.1:{port}"
     try:
