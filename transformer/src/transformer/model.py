@@ -87,6 +87,3 @@ class TripDurationTransformer(kserve.Model):
                 ]
             }
         return {"ride_id": rides[0].ride_id, "prediction": {"duration": durations[0]}, "model_version": version}
-
-    def stop(self):
-        self.prediction_log.flush()
