@@ -189,6 +189,11 @@ def test_rendered_inferenceservice_means_exactly_this():
     assert semantic(isvc) == EXPECTED_ISVC
 
 
+def test_transformer_grace_period_holds_its_shutdown():
+    # Drain 10 s + prediction-log budget 20 s + one S3 put 8 s (transformer/__main__.py, logsink.py), with margin.
+    assert render_isvc()["spec"]["transformer"]["terminationGracePeriodSeconds"] >= 10 + 20 + 8 + 10
+
+
 def test_rendering_refuses_a_non_s3_uri():
     proc = subprocess.run(
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "models:/m-1", "--model-version", "1"],
