@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -183,6 +184,10 @@ def main() -> None:
         ),
     )
     log.info("serving %s version %s; prediction logs to %s", args.model_name, settings.model_version, log_uri)
+    # Everything loaded so far (kserve, fastapi, pandas, …) lives as long as the process: keep it out of the
+    # collector, whose full passes over it stopped every request for 100-150 ms a few times a minute.
+    gc.collect()
+    gc.freeze()
     try:
         server.start([model])
     finally:
