@@ -11,7 +11,7 @@ import kserve
 from kserve.errors import InvalidInput
 
 from transformer.logsink import PredictionLog
-from transformer.predictor import MicroBatcher, call_predictor
+from transformer.predictor import MicroBatcher, Predictor
 from transformer.validation import RequestError, Ride, parse_request
 
 
@@ -49,6 +49,7 @@ class TripDurationTransformer(kserve.Model):
         self.settings = settings
         self.prediction_log = prediction_log
         self.batcher = MicroBatcher(self._call, settings.max_batch_size, settings.batch_wait_seconds)
+        self._predictor: Predictor | None = None
         self.ready = True
 
     def validate(self, payload):
@@ -64,8 +65,10 @@ class TripDurationTransformer(kserve.Model):
         return {"rides": rides, "batch": batch}
 
     async def _call(self, rides: list[Ride], headers: dict) -> list[float]:
-        config = self.predictor_config
-        return await call_predictor(self._http_client, config.predictor_base_url, self.name, rides, headers)
+        if self._predictor is None:  # the server sets predictor_config once the model is registered
+            config = self.predictor_config
+            self._predictor = Predictor(config.predictor_base_url, self.name, config.timeout, config.retries)
+        return await self._predictor.infer(rides, headers)
 
     async def predict(self, payload, headers=None, response_headers=None):
         rides, batch = payload["rides"], payload["batch"]

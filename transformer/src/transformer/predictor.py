@@ -8,7 +8,6 @@ import ssl
 from typing import Awaitable, Callable, Sequence
 
 import aiohttp
-import httpx
 import orjson
 from kserve import InferInput, InferRequest, InferResponse
 
@@ -81,22 +80,6 @@ class Predictor:
         if len(durations) != len(rides):
             raise PredictorError(f"predictor returned {len(durations)} predictions for {len(rides)} rides", 502)
         return durations
-
-
-async def call_predictor(client, base_url: str, model_name: str, rides: Sequence[Ride], headers: dict) -> list[float]:
-    try:
-        response = await client.infer(base_url, data=infer_request(model_name, rides), model_name=model_name, headers=headers)
-    except httpx.HTTPStatusError as e:
-        raise PredictorError(f"predictor at {base_url} answered {e.response.status_code}: {e.response.text[:200]}", 502) from e
-    except httpx.TransportError as e:
-        raise PredictorError(f"predictor at {base_url} unreachable: {type(e).__name__}: {e}", 503) from e
-    try:
-        durations = [float(v) for v in response.outputs[0].data]
-    except (IndexError, TypeError, ValueError, AttributeError) as e:
-        raise PredictorError(f"predictor at {base_url} sent an unreadable response: {e}", 502) from e
-    if len(durations) != len(rides):
-        raise PredictorError(f"predictor returned {len(durations)} predictions for {len(rides)} rides", 502)
-    return durations
 
 
 class MicroBatcher:
