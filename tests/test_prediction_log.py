@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import requests
 
-from harness import TcpProxy, read_prediction_logs, start_transformer, unique, wait_until
+from harness import TcpProxy, read_prediction_logs, run_cli, start_transformer, unique, wait_until
 
 PATH = "/v1/models/trip-duration:predict"
 # Short timings; the defaults are in `python -m transformer --help`.
@@ -174,3 +174,11 @@ def test_sigterm_under_load_flushes_every_accepted_ride(workdir, s3, predictor, 
     finally:
         traffic.stop()
     logged_once(s3, log_uri, traffic.accepted)
+
+
+def test_a_spill_directory_that_cannot_be_made_is_one_clear_error(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = run_cli("transformer", "--predictor_host", "127.0.0.1:1", "--http_port", "0",
+                     env={"PREDICTION_LOG_SPILL_DIR": str(tmp_path / "a-file" / "spill")}, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "error: PREDICTION_LOG_SPILL_DIR=" in result.stderr and "Traceback" not in result.stderr
