@@ -1,6 +1,13 @@
-"""Soak: traffic at a fixed rate through the local stack for 10 minutes while S3 is restarted twice and the
-predictor once. Checks that every accepted ride is logged exactly once (after dedup by record_id), that the
-transformer's memory stays bounded, and that 5xx answers happen only while the predictor is down.
+"""Soak: traffic at a fixed rate through the local stack for 10 minutes, with faults:
+
+- S3 cut for 30 s (a TCP proxy in front of it refuses and drops connections; the server keeps its objects);
+- the predictor stopped and started again;
+- S3 cut for a minute; 40 s into it the transformer gets SIGTERM and starts again on the same spill directory
+  and port; then S3 comes back.
+
+Checks that every accepted ride is logged, exactly once after dedup by record_id, that the transformer's
+memory stays bounded, and that 5xx or connection errors happen only while the predictor or the transformer is
+down.
 
     tests/.venv/bin/python bench/soak.py [--minutes 10] [--rate 40]
 """
@@ -10,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import signal
 import sys
 import tempfile
 import threading
@@ -23,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import (  # noqa: E402
     ROOT,
     S3Endpoint,
+    TcpProxy,
     mlflow_server,
     read_prediction_logs,
     start_predictor,
@@ -74,17 +84,25 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     s3 = S3Endpoint(work / "s3").start()
-    procs, state = [], {}
+    proxy = TcpProxy(s3.url).start()
+    state = {}
     try:
         mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)
-        procs.append(mlflow_proc)
+        state["mlflow"] = mlflow_proc
         trained = train(mlflow_url, s3, synthetic_month(work / "m1.parquet", 2030, 1),
                         synthetic_month(work / "m2.parquet", 2030, 2), "trip_duration").json  # fmt: skip
-        predictor, host = start_predictor(work, s3, trained["storage_uri"])
+        state["predictor"], host = start_predictor(work, s3, trained["storage_uri"])
         log_uri = "s3://predictions/soak"
-        transformer, url = start_transformer(work, s3, host, log_uri, trained["version"])
-        procs += [transformer]
-        state["predictor"] = predictor
+        # The transformer reaches S3 through the proxy; the predictor (which loads the model at start) does not.
+        transformer_env = {"AWS_ENDPOINT_URL": proxy.url, "PREDICTION_LOG_SPILL_DIR": str(work / "spill")}
+        state["transformer"], url = start_transformer(work, s3, host, log_uri, trained["version"], **transformer_env)
+        port = int(url.rsplit(":", 1)[1])
+
+        def restart_transformer():
+            state["transformer"].stop(signal.SIGTERM, timeout=120)
+            # Same port, so the same log file: it holds both processes' lines.
+            state["transformer"], _ = start_transformer(work, s3, host, log_uri, trained["version"], port=port,
+                                                        **transformer_env)  # fmt: skip
 
         events, memory = [], []
 
@@ -93,21 +111,29 @@ def main() -> None:
 
             def at(fraction, what, action):
                 time.sleep(max(0.0, t0 + fraction * seconds - time.monotonic()))
+                began = time.monotonic()
                 action()
-                events.append((time.monotonic(), what))
-                print(f"  {time.monotonic() - t0:5.0f}s {what}", file=sys.stderr)
+                events.append((began, time.monotonic(), what))
+                print(f"  {began - t0:5.0f}s {what} ({time.monotonic() - began:.0f} s)", file=sys.stderr)
 
-            at(0.20, "S3 stopped", s3.stop)
-            at(0.25, "S3 started", s3.start)
-            at(0.45, "predictor stopped", lambda: state["predictor"].stop())
-            at(0.48, "predictor started", lambda: state.update(
+            at(0.20, "S3 cut", proxy.cut)
+            at(0.25, "S3 restored", proxy.restore)
+            at(0.40, "predictor stopped", lambda: state["predictor"].stop())
+            at(0.43, "predictor started", lambda: state.update(
                 predictor=start_predictor(work, s3, trained["storage_uri"], port=int(host.split(":")[1]))[0]))
-            at(0.70, "S3 stopped", s3.stop)
-            at(0.75, "S3 started", s3.start)
+            outage = 60 / seconds
+            at(0.60, "S3 cut", proxy.cut)
+            at(0.60 + outage * 2 / 3, "transformer SIGTERM, started again on the same spill directory",
+               restart_transformer)
+            at(0.60 + outage, "S3 restored", proxy.restore)
 
         def sample():
-            while transformer.alive() and not done.is_set():
-                memory.append(rss_mb(transformer.proc.pid))
+            while not done.is_set():
+                try:
+                    if rss := rss_mb(state["transformer"].proc.pid):
+                        memory.append(rss)
+                except OSError:
+                    pass  # between two transformer processes
                 time.sleep(2)
 
         done = threading.Event()
@@ -117,19 +143,26 @@ def main() -> None:
         asyncio.run(traffic(url, args.rate, seconds, results))
         threads[0].join()
         done.set()
-        transformer.stop()  # SIGTERM: flush
-        procs.remove(transformer)
+        state["transformer"].stop(signal.SIGTERM, timeout=120)
 
-        stopped = next(t for t, what in events if what == "predictor stopped")
-        restarted = next(t for t, what in events if what == "predictor started")
+        def window(first, last):
+            """From the start of the first event to 5 s after the end of the last."""
+            return (next(began for began, _, what in events if what.startswith(first)) - 1,
+                    next(ended for _, ended, what in events if what.startswith(last)) + 5)  # fmt: skip
+
+        down = [window("predictor stopped", "predictor started"), window("transformer SIGTERM", "transformer SIGTERM")]
         accepted = {ride for _, ride, status in results if status == 200}
         records = read_prediction_logs(s3, log_uri)
         unique = {r["record_id"]: r["ride_id"] for r in records}
         per_ride = Counter(unique.values())
         t0 = results[0][0] if results else 0
         errors = [(t, status) for t, _, status in results if status >= 500 or status == 0]
-        outside = [e for e in errors if not (stopped - 1 <= e[0] <= restarted + 5)]
-        timeline = [[what, round(t - t0, 1)] for t, what in events]
+        outside = [e for e in errors if not any(start <= e[0] <= end for start, end in down)]
+        # What the transformer processes counted and logged: left in the spill directory at SIGTERM, dropped.
+        logs = state["transformer"].log()
+        left_at_sigterm = [int(n) for n in re.findall(r"prediction log: (\d+) records not delivered", logs)]
+        dropped = sum(int(n) for n in re.findall(r"prediction log: dropped (\d+) records", logs))
+        timeline = [[what, round(began - t0, 1), round(ended - t0, 1)] for began, ended, what in events]
         report = {
             "minutes": args.minutes,
             "rate": args.rate,
@@ -140,7 +173,10 @@ def main() -> None:
             "accepted_missing_from_logs": len(accepted - set(per_ride)),
             "accepted_logged_more_than_once": sum(1 for r in accepted if per_ride[r] > 1),
             "errors_5xx_or_connection": len(errors),
-            "errors_outside_predictor_outage": len(outside),
+            "errors_outside_predictor_or_transformer_restart": len(outside),
+            "log_records_left_in_spill_at_sigterm": left_at_sigterm,
+            "log_records_dropped_counted": dropped,
+            "log_spill_files_quarantined": logs.count("prediction log: spill file "),
             "errors_outside_detail": [{"sent_s": round(t - t0, 2), "status": status} for t, status in outside[:20]],
             "events_s": timeline,
             "transformer_peak_rss_mb": max(memory) if memory else None,
@@ -152,9 +188,9 @@ def main() -> None:
         ok = not report["accepted_missing_from_logs"] and not report["accepted_logged_more_than_once"] and not outside
         sys.exit(0 if ok else 1)
     finally:
-        for proc in [*procs, state.get("predictor")]:
-            if proc is not None:
-                proc.stop()
+        for proc in state.values():
+            proc.stop()
+        proxy.cut()
         s3.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,95 @@ from stack.processes import (  # noqa: F401  (re-exported for the tests)
 )
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "nyc-tlc"
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, to take the server away without stopping it.
+
+    `cut()` refuses new connections and drops the open ones (the server is down); `stall()` accepts connections
+    and never answers (the server hangs); `restore()` forwards again, on the same port. The server keeps its
+    state throughout: moto's S3 server keeps its objects only in memory.
+    """
+
+    def __init__(self, target_url: str):
+        host, _, port = target_url.removeprefix("http://").rstrip("/").partition(":")
+        self.target = (host, int(port))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stalled = False
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> "TcpProxy":
+        self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the port comes back
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            self._listener.close()
+            self._listener = None
+        self._drop_open()
+
+    def stall(self) -> None:
+        self.stalled = True
+        self._drop_open()
+        if self._listener is None:
+            self.start()
+
+    def restore(self) -> None:
+        self.stalled = False
+        if self._listener is None:
+            self.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            self._track(client)
+            if self.stalled:
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._close(client)
+                continue
+            self._track(upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(sink)
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.add(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _drop_open(self) -> None:
+        with self._lock:
+            open_now = list(self._open)
+        for sock in open_now:
+            self._close(sock)
 
 
 @dataclass
@@ -158,6 +248,16 @@ def read_prediction_logs(s3: S3Endpoint, uri: str) -> list[dict]:
     from ride.reader import read_records
 
     return read_records(uri, LOG_FIELDS, ["record_id"], credentials=s3.env_for()).frame.to_dict("records")
+
+
+def metric(url: str, name: str) -> float:
+    """A sample of the Prometheus text a server exposes at /metrics, e.g. `rides_rejected_total{reason="ride_id"}`."""
+    import requests
+
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
 
 
 class ApiStandIn:

@@ -325,6 +325,11 @@ def test_the_render_hash_changes_with_what_the_deployments_would_run():
                 render_hash(storage_uri="s3://mlflow/1/models/m-0124/artifacts")}) == 4  # fmt: skip
 
 
+def test_transformer_grace_period_holds_its_shutdown():
+    # Drain 10 s + prediction-log budget 20 s + one S3 put 8 s (transformer/__main__.py, logsink.py), with margin.
+    assert render_isvc()["spec"]["transformer"]["terminationGracePeriodSeconds"] >= 10 + 20 + 8 + 10
+
+
 def test_rendering_refuses_a_non_s3_uri():
     proc = subprocess.run(
         [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", "models:/m-1", "--model-version", "1"],

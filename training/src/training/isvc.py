@@ -118,6 +118,9 @@ def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
             "transformer": {
                 "automountServiceAccountToken": False,
                 "securityContext": pod_security(10001),
+                # SIGTERM: 10 s to drain requests, 20 s to ship the prediction log, one bounded S3 put (8 s) past
+                # that, then exit; the default 30 s would cut it short (transformer/__main__.py).
+                "terminationGracePeriodSeconds": 60,
                 "containers": [
                     {
                         "name": "kserve-container",
@@ -142,7 +145,7 @@ def _manifest(storage_uri: str, model_version: str, s: IsvcSettings) -> dict:
                     }
                 ],
                 "volumes": [
-                    # Prediction logs wait here while S3 is down; the pod's grace period flushes them.
+                    # Prediction logs wait here while S3 is down; it outlives a container restart, not the pod.
                     {"name": "spill", "emptyDir": {"sizeLimit": "600Mi"}},
                     {"name": "tmp", "emptyDir": {}},
                 ],

@@ -12,7 +12,7 @@ from prometheus_client import Counter
 import ride
 from ride import Ride
 from transformer.logsink import PredictionLog
-from transformer.predictor import MicroBatcher, call_predictor
+from transformer.predictor import MicroBatcher, Predictor
 from transformer.validation import Rejected, RequestError, parse_request
 
 SCORED = Counter("rides_scored", "Rides scored and logged")
@@ -33,6 +33,7 @@ class TripDurationTransformer(kserve.Model):
         self.settings = settings
         self.prediction_log = prediction_log
         self.batcher = MicroBatcher(self._call, settings.max_batch_size, settings.batch_wait_seconds)
+        self._predictor: Predictor | None = None
         self.ready = True
 
     async def preprocess(self, payload, headers=None):
@@ -47,8 +48,10 @@ class TripDurationTransformer(kserve.Model):
         return {"items": items, "batch": batch}
 
     async def _call(self, rides: list[Ride], headers: dict) -> list[float]:
-        config = self.predictor_config
-        return await call_predictor(self._http_client, config.predictor_base_url, self.name, rides, headers)
+        if self._predictor is None:  # the server sets predictor_config once the model is registered
+            config = self.predictor_config
+            self._predictor = Predictor(config.predictor_base_url, self.name, config.timeout, config.retries)
+        return await self._predictor.infer(rides, headers)
 
     async def predict(self, payload, headers=None):
         items, batch = payload["items"], payload["batch"]
@@ -91,6 +94,3 @@ class TripDurationTransformer(kserve.Model):
             ]  # fmt: skip
         )
         SCORED.inc(len(rides))
-
-    def stop(self):
-        self.prediction_log.flush()
