@@ -23,22 +23,21 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import (  # noqa: E402
+from ride import LOG_FIELDS
+from ride.reader import read_records
+from stack.cli import run_step
+from stack.processes import (
     ROOT,
     Process,
     S3Endpoint,
     component_python,
     free_port,
-    http_ok,
     mlflow_server,
-    read_prediction_logs,
     start_predictor,
     start_transformer,
-    synthetic_month,
-    train,
     wait_until,
 )
+from stack.synthetic import synthetic_month
 
 PATH = "/v1/models/trip-duration:predict"
 
@@ -116,10 +115,9 @@ def main() -> None:
         else:
             months = synthetic_month(work / "m1.parquet", 2030, 1), synthetic_month(work / "m2.parquet", 2030, 2)
         started = time.perf_counter()
-        trained = train(mlflow_url, s3, *months, "trip_duration")
+        model = run_step("training", ["train", "--train-data", str(months[0]), "--val-data", str(months[1])],
+                         {**s3.env_for("training"), "MLFLOW_TRACKING_URI": mlflow_url}, work / "train.log")["json"]  # fmt: skip
         train_seconds = time.perf_counter() - started
-        assert trained.returncode == 0, trained.stderr
-        model = trained.json
         print(f"model version {model['version']}, rmse {model['rmse']}, {model['storage_uri']}", file=sys.stderr)
 
         predictor, host = start_predictor(work, s3, model["storage_uri"])
@@ -162,7 +160,7 @@ def main() -> None:
                    for k, (system, _, batch, concurrency) in enumerate(plan)]  # fmt: skip
 
         transformer.stop()  # SIGTERM: flushes the prediction log
-        logged = {r["ride_id"] for r in read_prediction_logs(s3, log_uri)}
+        logged = set(read_records(log_uri, LOG_FIELDS, ["ride_id"], credentials=s3.env_for()).frame["ride_id"])
         summary = summarize(results, len(accepted), len(accepted - logged))
         summary["machine"] = machine()
         summary["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]

@@ -28,18 +28,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from harness import (  # noqa: E402
-    ROOT,
-    S3Endpoint,
-    TcpProxy,
-    mlflow_server,
-    read_prediction_logs,
-    start_predictor,
-    start_transformer,
-    synthetic_month,
-    train,
-)
+from ride import LOG_FIELDS
+from ride.reader import read_records
+from stack.cli import run_step
+from stack.processes import ROOT, S3Endpoint, mlflow_server, start_predictor, start_transformer
+from stack.proxy import TcpProxy
+from stack.synthetic import synthetic_month
 
 PATH = "/v1/models/trip-duration:predict"
 
@@ -89,8 +83,9 @@ def main() -> None:
     try:
         mlflow_proc, mlflow_url = mlflow_server(work / "mlflow", s3)
         state["mlflow"] = mlflow_proc
-        trained = train(mlflow_url, s3, synthetic_month(work / "m1.parquet", 2030, 1),
-                        synthetic_month(work / "m2.parquet", 2030, 2), "trip_duration").json  # fmt: skip
+        months = synthetic_month(work / "m1.parquet", 2030, 1), synthetic_month(work / "m2.parquet", 2030, 2)
+        trained = run_step("training", ["train", "--train-data", str(months[0]), "--val-data", str(months[1])],
+                           {**s3.env_for("training"), "MLFLOW_TRACKING_URI": mlflow_url}, work / "train.log")["json"]  # fmt: skip
         state["predictor"], host = start_predictor(work, s3, trained["storage_uri"])
         log_uri = "s3://predictions/soak"
         # The transformer reaches S3 through the proxy; the predictor (which loads the model at start) does not.
@@ -152,7 +147,7 @@ def main() -> None:
 
         down = [window("predictor stopped", "predictor started"), window("transformer SIGTERM", "transformer SIGTERM")]
         accepted = {ride for _, ride, status in results if status == 200}
-        records = read_prediction_logs(s3, log_uri)
+        records = read_records(log_uri, LOG_FIELDS, ["record_id"], credentials=s3.env_for()).frame.to_dict("records")
         unique = {r["record_id"]: r["ride_id"] for r in records}
         per_ride = Counter(unique.values())
         t0 = results[0][0] if results else 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pandas as pd
 
 from stack.processes import (  # noqa: F401  (re-exported for the tests)
@@ -32,97 +30,10 @@ from stack.processes import (  # noqa: F401  (re-exported for the tests)
     start_transformer,
     wait_until,
 )
+from stack.proxy import TcpProxy  # noqa: F401  (re-exported for the tests)
+from stack.synthetic import synthetic_month  # noqa: F401
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "nyc-tlc"
-
-
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of a server, to take the server away without stopping it.
-
-    `cut()` refuses new connections and drops the open ones (the server is down); `stall()` accepts connections
-    and never answers (the server hangs); `restore()` forwards again, on the same port. The server keeps its
-    state throughout: moto's S3 server keeps its objects only in memory.
-    """
-
-    def __init__(self, target_url: str):
-        host, _, port = target_url.removeprefix("http://").rstrip("/").partition(":")
-        self.target = (host, int(port))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stalled = False
-        self._listener: socket.socket | None = None
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-
-    def start(self) -> "TcpProxy":
-        self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the port comes back
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-        return self
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            self._listener.close()
-            self._listener = None
-        self._drop_open()
-
-    def stall(self) -> None:
-        self.stalled = True
-        self._drop_open()
-        if self._listener is None:
-            self.start()
-
-    def restore(self) -> None:
-        self.stalled = False
-        if self._listener is None:
-            self.start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            self._track(client)
-            if self.stalled:
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                self._close(client)
-                continue
-            self._track(upstream)
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(source)
-            self._close(sink)
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.add(sock)
-
-    def _close(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-
-    def _drop_open(self) -> None:
-        with self._lock:
-            open_now = list(self._open)
-        for sock in open_now:
-            self._close(sock)
 
 
 @dataclass
@@ -152,54 +63,6 @@ def run_cli(component: str, *args: str, env: dict | None = None, timeout: float 
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
     return Result(proc.returncode, proc.stdout, proc.stderr, parsed)
-
-
-def synthetic_month(
-    path: Path, year: int, month: int, n: int = 3000, seed: int = 0, noise_only: bool = False, minutes_per_mile: float = 3.2
-) -> Path:
-    """A small TLC-shaped green-taxi month whose duration depends on zones and distance (`minutes_per_mile`).
-
-    Odd rides included, as in TLC's own months: short hops with zero distance, trips that end before they start
-    or run for hours, odometer glitches of thousands of miles, and pick-ups outside the month.
-    """
-    rng = np.random.default_rng(seed)
-    pu = rng.integers(1, 60, n)
-    do = rng.integers(1, 60, n)
-    distance = np.round(rng.gamma(2.0, 1.5, n), 2)
-    minutes = 2 + minutes_per_mile * distance + (pu % 7) * 0.8 + (do % 5) * 0.6 + rng.normal(0, 1.0, n)
-    if noise_only:  # durations unrelated to the features: a model fitted on this is worse
-        minutes = rng.uniform(1, 60, n)
-    minutes = np.clip(minutes, 1.2, 59)
-    start = pd.Timestamp(year=year, month=month, day=1) + pd.to_timedelta(rng.integers(0, 27 * 86400, n), unit="s")
-    odd = rng.random(n)
-    hop = odd < 0.025  # a ride cancelled at the kerb: same zone, no distance, under a minute
-    do, distance, minutes = np.where(hop, pu, do), np.where(hop, 0.0, distance), np.where(hop, rng.uniform(0, 0.9, n), minutes)
-    minutes = np.where((odd >= 0.025) & (odd < 0.035), rng.uniform(61, 1400, n), minutes)  # the meter left running
-    minutes = np.where((odd >= 0.035) & (odd < 0.04), -rng.uniform(1, 30, n), minutes)  # drop-off before pick-up
-    glitch = (odd >= 0.04) & (odd < 0.043)
-    distance = np.where(glitch, np.round(rng.uniform(1_000, 250_000, n), 2), distance)  # odometer glitches
-    distance[rng.choice(n, 3, replace=False)] = 33884.0  # at least a few, whatever the seed
-    start = start.where(~((odd >= 0.043) & (odd < 0.044)), pd.Timestamp("2009-01-01 00:03:25"))
-    frame = pd.DataFrame(
-        {
-            "VendorID": rng.integers(1, 3, n),
-            "lpep_pickup_datetime": start,
-            "lpep_dropoff_datetime": start + pd.to_timedelta(minutes * 60, unit="s").round("s"),
-            "store_and_fwd_flag": "N",
-            "RatecodeID": 1.0,
-            "PULocationID": pu.astype("int64"),
-            "DOLocationID": do.astype("int64"),
-            "passenger_count": 1.0,
-            "trip_distance": distance,
-            "fare_amount": np.round(3 + 2.5 * np.minimum(distance, 100), 2),
-        }
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
 
 
 # Runs in the transformer's environment: scikit-learn 1.5.2 and joblib, as KServe's sklearn runtime.
