@@ -224,7 +224,7 @@ PARSE = {
     "training": "from training.__main__ import parser; parser.parse_args({args!r})",
     "monitoring": "from monitoring.__main__ import parser; parser.parse_args({args!r})",
     "tracking": "from tracking.__main__ import parser; parser.parse_args({args!r})",
-    "transformer": "import sys; sys.argv[1:] = {args!r}; from transformer.__main__ import parser; parser().parse_args({args!r})",
+    "transformer": "import sys; sys.argv[1:] = {args!r}; from transformer.__main__ import parser; parser.parse_args({args!r})",
 }
 
 

@@ -173,5 +173,5 @@ def test_a_spill_directory_that_cannot_be_made_is_one_clear_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     result = run_cli("transformer", "--predictor_host", "127.0.0.1:1", "--http_port", "0",
                      env={"PREDICTION_LOG_SPILL_DIR": str(tmp_path / "a-file" / "spill")}, timeout=120)  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "error: PREDICTION_LOG_SPILL_DIR=" in result.stderr and "Traceback" not in result.stderr

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections import Counter
 
 import pandas as pd
@@ -14,7 +13,6 @@ import pytest
 import requests
 import schemathesis
 from schemathesis.config import SchemathesisConfig
-from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +24,6 @@ from harness import (
     read_prediction_logs,
     start_predictor,
     start_transformer,
-    train,
     unique,
 )
 from stack import traffic
@@ -298,7 +295,8 @@ def test_predictor_down_is_503_then_recovers(workdir, s3, model):
 OPENAPI = schemathesis.openapi.from_path(
     str(ROOT / "transformer" / "openapi.yaml"),
     config=SchemathesisConfig.from_dict(
-        {"checks": {"negative_data_rejection": {"expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, 413]}}}
+        # Invalid input is refused with a 4xx: 400 for what it says, 413 for its size (what this API answers).
+        {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "413"]}}}
     ),
 )
 

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ride import Ride
-from transformer.logsink import LocalDestination, PredictionLog, encode
+from ride import jsonl_gz
+from transformer.logsink import LocalDestination, PredictionLog
 from transformer.predictor import MicroBatcher, infer_request
 from transformer.validation import Rejected, RequestError, parse_request
 
@@ -150,7 +151,7 @@ def test_memory_holds_records_while_the_spill_directory_is_full(tmp_path, counte
 
 def test_past_both_limits_the_oldest_are_dropped_and_counted(tmp_path, counters):
     destination = FlakyDestination(tmp_path / "out")
-    one_file = len(encode(records(10)))
+    one_file = len(jsonl_gz(records(10)))
     sink = PredictionLog(destination, "m", str(tmp_path / "spill"), flush_records=10, max_buffered=20,
                          max_spill_bytes=int(one_file * 3.5))  # fmt: skip
     added = []

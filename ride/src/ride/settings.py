@@ -21,12 +21,13 @@ def setting(help: str, default=None, *, env: str | None = None, flag: str | None
     return field(default=default, metadata={"setting": metadata})
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, only: tuple[str, ...] = ()) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, underscores: bool = False) -> None:
+    """`--field-name` flags, or `--field_name` next to a parser that spells its own that way (kserve's)."""
     for f in fields(cls):
         meta = f.metadata.get("setting")
-        if meta is None or (only and f.name not in only):
+        if meta is None:
             continue
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        flag = meta["flag"] or "--" + (f.name if underscores else f.name.replace("_", "-"))
         env, default = meta["env"], f.default if f.default is not MISSING else None
         if env and os.environ.get(env):
             default = os.environ[env]  # a string: argparse converts it with `type`, as it would the flag's value
@@ -60,3 +61,19 @@ def timestamp(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use ISO-8601, e.g. 2026-11-28T06:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` greater than zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse

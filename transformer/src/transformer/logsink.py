@@ -28,6 +28,8 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
+from ride import jsonl_gz, log_key, startup
+
 log = logging.getLogger("transformer.logsink")
 
 WRITTEN = Counter("prediction_log_records_written", "Prediction log records written to the destination")
@@ -89,16 +91,6 @@ def destination_for(uri: str) -> Destination:
     return S3Destination(uri) if uri.startswith("s3://") else LocalDestination(uri)
 
 
-def object_key(model_name: str, ts: str) -> str:
-    """Partition by the UTC hour of `ts`; names are uuids, so no ride_id can shape a key."""
-    return f"model={model_name}/date={ts[:10]}/hour={ts[11:13]}/{uuid.uuid4().hex}.jsonl.gz"
-
-
-def encode(records: list[dict]) -> bytes:
-    lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-    return gzip.compress(lines.encode(), compresslevel=5)
-
-
 def _encodable(record: dict) -> bool:
     try:
         json.dumps(record)
@@ -138,8 +130,8 @@ class PredictionLog:
         self.max_backoff = max_backoff
 
         self._buffer: deque[dict] = deque()
-        self._lock = threading.Lock()  # guards _buffer: add() runs on the event loop, the rest in the flusher
-        self._io = threading.Lock()  # one flush at a time
+        self._buffer_lock = threading.Lock()  # add() runs on the event loop, the rest in the flusher
+        self._flush_lock = threading.Lock()  # one flush at a time: the flusher thread or close()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._backoff = 0.0
@@ -156,13 +148,27 @@ class PredictionLog:
         SPILLED.set_function(self.spilled_records)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
+    @classmethod
+    def open(cls, model_name: str, settings) -> "PredictionLog":
+        """The prediction log the transformer's settings describe, its flusher running; a spill directory that
+        cannot be made is one line and exit 2."""
+        try:
+            return cls(destination_for(settings.prediction_log_uri), model_name, settings.prediction_log_spill_dir,
+                       flush_records=settings.prediction_log_flush_records,
+                       flush_seconds=settings.prediction_log_flush_seconds,
+                       max_buffered=settings.prediction_log_max_buffered,
+                       max_spill_bytes=settings.prediction_log_max_spill_mb * 1024 * 1024).start()  # fmt: skip
+        except OSError as e:
+            startup.fail(f"PREDICTION_LOG_SPILL_DIR={settings.prediction_log_spill_dir}: {e.strerror or e}; "
+                         "point it at a writable directory")  # fmt: skip
+
     def start(self) -> "PredictionLog":
         self._thread.start()
         return self
 
     # -- request path: no I/O ---------------------------------------------------------------------------
     def add(self, records: list[dict]) -> None:
-        with self._lock:
+        with self._buffer_lock:
             self._buffer.extend(records)
             size = len(self._buffer)
         if size >= self._wake_at:
@@ -181,7 +187,7 @@ class PredictionLog:
     def flush(self, force: bool = True) -> bool:
         """One pass: ship spill files then memory, or park memory in the spill directory while the destination
         fails. `force` ignores the backoff. True when nothing is left waiting. Never raises."""
-        with self._io:
+        with self._flush_lock:
             try:
                 if force or time.monotonic() >= self._retry_at:
                     if self._ship_spill():
@@ -197,7 +203,7 @@ class PredictionLog:
             return not self._buffer and not self.spilled_records()
 
     def _take(self, n: int | None = None) -> list[dict]:
-        with self._lock:
+        with self._buffer_lock:
             if n is None or n >= len(self._buffer):
                 batch = list(self._buffer)
                 self._buffer.clear()
@@ -208,7 +214,7 @@ class PredictionLog:
     def _putback(self, records: list[dict]) -> None:
         """Return records to the front of memory, where the oldest wait."""
         if records:
-            with self._lock:
+            with self._buffer_lock:
                 self._buffer.extendleft(reversed(records))
 
     def _write(self, batch: list[dict], deadline: float | None = None) -> list[dict]:
@@ -220,7 +226,7 @@ class PredictionLog:
                 body = self._encode(records)
                 if body is not None:
                     try:
-                        self.destination.put(object_key(self.model_name, records[0]["ts"]), body)
+                        self.destination.put(log_key(self.model_name, records[0]["ts"]), body)
                     except Exception as e:
                         self._destination_failed(e)
                         break
@@ -235,13 +241,13 @@ class PredictionLog:
         """The group's bytes. A record JSON cannot encode is dropped, and counted, from the group in place (retried,
         it would block everything behind it); None when none is left."""
         try:
-            return encode(records)
+            return jsonl_gz(records)
         except (TypeError, ValueError) as e:
             FAILURES.inc()
             good = [r for r in records if _encodable(r)]
             self._drop(len(records) - len(good), f"not encodable as JSON: {e}")
             records[:] = good
-            return encode(good) if good else None
+            return jsonl_gz(good) if good else None
 
     def _out_of_time(self, deadline: float | None) -> bool:
         """Past the shutdown deadline; or, in an ordinary flush, closing (the shutdown takes over)."""
@@ -379,7 +385,7 @@ class PredictionLog:
                 self._quarantine(path, f"{lines} records where its name says {count}")
                 continue
             try:
-                self.destination.put(object_key(self.model_name, match["hour"]), body)
+                self.destination.put(log_key(self.model_name, match["hour"]), body)
             except Exception as e:
                 self._destination_failed(e)
                 return False
@@ -435,7 +441,7 @@ class PredictionLog:
         return self._undelivered
 
     def _shutdown(self) -> None:
-        with self._io:
+        with self._flush_lock:
             try:
                 self._putback(self._spill(self._take(), make_room=False))
                 backoff = 0.2

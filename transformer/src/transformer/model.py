@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import kserve
 from kserve.errors import InvalidInput
@@ -13,26 +12,20 @@ import ride
 from ride import Ride
 from transformer.logsink import PredictionLog
 from transformer.predictor import MicroBatcher, Predictor
+from transformer.settings import Settings
 from transformer.validation import Rejected, RequestError, parse_request
 
 SCORED = Counter("rides_scored", "Rides scored and logged")
 REJECTED = Counter("rides_rejected", "Rides refused (400, or an error item in a batch), by the field at fault", ["reason"])
 
 
-@dataclass
-class Settings:
-    model_name: str
-    model_version: str
-    max_batch_size: int = 1000
-    batch_wait_seconds: float = 0.001
-
-
 class TripDurationTransformer(kserve.Model):
-    def __init__(self, settings: Settings, prediction_log: PredictionLog):
-        super().__init__(settings.model_name)
+    def __init__(self, name: str, settings: Settings, prediction_log: PredictionLog):
+        super().__init__(name)
         self.settings = settings
         self.prediction_log = prediction_log
-        self.batcher = MicroBatcher(self._call, settings.max_batch_size, settings.batch_wait_seconds)
+        self.batcher = MicroBatcher(self._call, settings.max_batch_size, settings.batch_wait_ms / 1000,
+                                    settings.max_predictor_calls)  # fmt: skip
         self._predictor: Predictor | None = None
         self.ready = True
 
@@ -88,7 +81,7 @@ class TripDurationTransformer(kserve.Model):
         s = self.settings
         self.prediction_log.add(
             [
-                ride.log_record(r, d, model_name=s.model_name, model_version=s.model_version, request_id=request_id,
+                ride.log_record(r, d, model_name=self.name, model_version=s.model_version, request_id=request_id,
                                 ts=ts, latency_ms=latency_ms)
                 for r, d in zip(rides, durations)
             ]  # fmt: skip

@@ -83,46 +83,67 @@ class Predictor:
 
 
 class MicroBatcher:
-    """Concurrent single-ride requests share one predictor call: one HTTP hop per batch, not per ride.
+    """Concurrent single-ride requests share a predictor call: one HTTP hop per batch, not per ride.
 
-    A drain task takes whatever is queued (up to `max_rides`), optionally after waiting `max_wait` seconds
-    for more, sends it as one request, and hands each caller its slice; whatever arrives meanwhile goes in
-    the next call.
+    Queued rides wait `max_wait` seconds for company, then go in one call of up to `max_rides`; up to `max_calls`
+    calls are in flight at once, so one slow call does not hold every ride behind it. Each caller gets its slice.
     """
 
-    def __init__(self, call: Callable[[list[Ride], dict], Awaitable[list[float]]], max_rides: int, max_wait: float):
+    def __init__(self, call: Callable[[list[Ride], dict], Awaitable[list[float]]], max_rides: int, max_wait: float,
+                 max_calls: int = 1):  # fmt: skip
         self.call = call
         self.max_rides = max_rides
         self.max_wait = max_wait
+        self.max_calls = max_calls
         self._queue: list[tuple[list[Ride], dict, asyncio.Future]] = []
-        self._drainer: asyncio.Task | None = None
+        self._in_flight = 0
+        self._gathering = False
+        self._tasks: set[asyncio.Task] = set()  # held, so that a running call is not garbage-collected
 
     async def predict(self, rides: list[Ride], headers: dict) -> list[float]:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((rides, headers, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
+        self._next()
         return await future
 
-    async def _drain(self) -> None:
+    def _next(self) -> None:
+        """Start gathering the next call when rides wait and a call may start."""
+        if self._queue and not self._gathering and self._in_flight < self.max_calls:
+            self._gathering = True
+            task = asyncio.create_task(self._send())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self) -> None:
         if self.max_wait:
             await asyncio.sleep(self.max_wait)
-        while self._queue:
-            taken, size = [], 0
-            while self._queue and (not taken or size + len(self._queue[0][0]) <= self.max_rides):
-                item = self._queue.pop(0)
-                taken.append(item)
-                size += len(item[0])
-            rides = [ride for item in taken for ride in item[0]]
-            try:
-                durations = await self.call(rides, taken[0][1])
-            except Exception as e:  # every waiting request gets the predictor's error
-                for _, _, future in taken:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
+        taken, size = [], 0
+        while self._queue and (not taken or size + len(self._queue[0][0]) <= self.max_rides):
+            item = self._queue.pop(0)
+            taken.append(item)
+            size += len(item[0])
+        self._gathering = False
+        self._in_flight += 1
+        self._next()  # more than max_rides queued, or a second call allowed
+        try:
+            durations = await self.call([ride for item in taken for ride in item[0]], taken[0][1])
+        except Exception as e:  # every waiting request gets the predictor's error
+            for _, _, future in taken:
+                if not future.done():
+                    future.set_exception(e)
+        else:
             start = 0
             for item_rides, _, future in taken:
                 if not future.done():
                     future.set_result(durations[start : start + len(item_rides)])
                 start += len(item_rides)
+        finally:
+            self._in_flight -= 1
+            self._next()
+
+
+async def error_response(_, exc: PredictorError):
+    """kserve's app answers a PredictorError with its status and one line naming the predictor."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=exc.status, content={"error": str(exc)})

@@ -1,8 +1,12 @@
 import argparse
 import os
+import warnings
 
 # OpenMP estimators predicting small batches in a server on few cores spin and contend for them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# kserve 0.21's V2 endpoint answers with a response class this FastAPI deprecates, and scikit-learn's own warning
+# filters reset Python's once-per-place memory on every predict: the warning would be written on every call.
+warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 import kserve  # noqa: E402  (parses kserve's own flags from sys.argv at import)
 from kserve import model_server  # noqa: E402
