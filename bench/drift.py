@@ -1,5 +1,5 @@
 """Drift-job benchmark: wall time and peak memory of `python -m monitoring` over 100k and 1M logged
-records (gzipped JSONL objects of 500 records, as the transformer writes them) against a 60k reference.
+records (gzipped JSONL objects of 500 records, in the transformer's format) against a 60k reference.
 
     tests/.venv/bin/python bench/drift.py [--sizes 100000 1000000] [--json bench/results/drift.json]
 

@@ -123,7 +123,8 @@ def main() -> None:
         predictor, host = start_predictor(work, s3, model["storage_uri"])
         procs.append(predictor)
         log_uri = "s3://predictions/bench"
-        transformer, url = start_transformer(work, s3, host, log_uri, model["version"])
+        # The transformer's own flush interval (2 s), not the local stack's 0.5 s: the flusher's puts share the cores.
+        transformer, url = start_transformer(work, s3, host, log_uri, model["version"], PREDICTION_LOG_FLUSH_SECONDS="2")
         procs.append(transformer)
 
         local_model = work / "model"

@@ -134,3 +134,29 @@ def test_actuals_are_read_back_one_per_ride_the_last_to_arrive_winning(tmp_path)
     got = read_actuals(str(tmp_path))
     assert got.frame.set_index("ride_id")["duration"].to_dict() == {"a": 12.0}  # b has no duration yet
     assert got.objects == 3 and len(got.unreadable) == 1 and got.duplicates == 1
+
+
+def test_a_setting_comes_from_its_flag_else_its_environment_variable_else_its_default_and_help_says_so(monkeypatch):
+    import argparse
+    from dataclasses import dataclass
+
+    from ride.settings import add_arguments, positive, read, setting
+
+    @dataclass
+    class Settings:
+        max_batch_size: int = setting("rides per request", 1000, env="MAX_BATCH_SIZE", type=positive(int))
+        log_uri: str = setting("where records go", "logs", env="LOG_URI")
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser(prog="x", exit_on_error=False)
+        add_arguments(parser, Settings, underscores=True)
+        return parser, read(Settings, parser.parse_args(argv))
+
+    parser, settings = parse()
+    assert settings == Settings(1000, "logs")
+    assert "rides per request (env MAX_BATCH_SIZE; default: 1000)" in " ".join(parser.format_help().split())
+    monkeypatch.setenv("MAX_BATCH_SIZE", "5")
+    assert parse()[1].max_batch_size == 5
+    assert parse("--max_batch_size", "7", "--log_uri", "s3://b/p")[1] == Settings(7, "s3://b/p")
+    with pytest.raises(argparse.ArgumentError, match="must be positive, got 0"):
+        parse("--max_batch_size", "0")

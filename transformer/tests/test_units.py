@@ -315,3 +315,30 @@ def test_micro_batcher_splits_a_queue_larger_than_max_rides():
     assert answers == [[float(r.PULocationID) for r in rides] for rides in requests]
     assert all(len(c) <= 5 for c in calls) and len(calls) >= 3
     assert sorted(x for c in calls for x in c) == sorted(r.ride_id for rides in requests for r in rides)
+
+
+def test_micro_batcher_keeps_at_most_max_calls_in_flight_and_fails_only_the_rides_of_a_failed_call():
+    in_flight, most, calls = 0, 0, []
+
+    async def predictor(rides, headers):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        calls.append([r.ride_id for r in rides])
+        first = len(calls) == 1
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        if first:
+            raise ConnectionError("predictor down")
+        return [float(r.PULocationID) for r in rides]
+
+    async def scenario():
+        batcher = MicroBatcher(predictor, max_rides=2, max_wait=0.001, max_calls=2)
+        requests = [[Ride(f"s{i}", i + 1, 1, 1.0)] for i in range(8)]
+        return await asyncio.gather(*(batcher.predict(r, {}) for r in requests), return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+    assert most == 2 and len(calls) == 4
+    failed = {f"s{i}" for i, a in enumerate(answers) if isinstance(a, ConnectionError)}
+    assert failed == set(calls[0])
+    assert all(a == [float(i + 1)] for i, a in enumerate(answers) if f"s{i}" not in failed)

@@ -112,7 +112,7 @@ class PredictionLog:
         destination: Destination,
         model_name: str,
         spill_dir: str,
-        flush_records: int = 500,
+        flush_records: int = 5000,
         flush_seconds: float = 2.0,
         max_buffered: int = 50_000,
         max_spill_bytes: int = 512 * 1024 * 1024,

@@ -24,7 +24,7 @@ class Settings:
     prediction_log_spill_dir: str = setting("where records wait while the destination is down",
                                             os.path.join(tempfile.gettempdir(), "prediction-log-spill"),
                                             env="PREDICTION_LOG_SPILL_DIR")  # fmt: skip
-    prediction_log_flush_records: int = setting("write an object every N records …", 500,
+    prediction_log_flush_records: int = setting("write an object every N records …", 5000,
                                                 env="PREDICTION_LOG_FLUSH_RECORDS", type=positive(int))  # fmt: skip
     prediction_log_flush_seconds: float = setting("… or every T seconds", 2.0, env="PREDICTION_LOG_FLUSH_SECONDS",
                                                   type=positive(float))  # fmt: skip
