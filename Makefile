@@ -33,8 +33,8 @@ KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSIO
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 # One folder, one environment, one image each.
 COMPONENTS := training tracking transformer monitoring
-ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) stack tests)
-STACK := stack/.venv/bin/python -m stack
+ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) local tests)
+LOCAL := local/.venv/bin/python -m local
 PYTEST_ARGS ?=
 
 ##@ General
@@ -49,23 +49,23 @@ help: ## Show this help
 
 .PHONY: demo
 demo: setup ## Run the whole loop locally: S3, MLflow, train, serve, replay rides, drift job, summary (DATA_DIR=… to work offline)
-	$(STACK) demo
+	$(LOCAL) demo
 
 .PHONY: loop
 loop: setup ## Close the loop locally: older model on newer rides, drift job asks for retraining, challenger promoted, rollback
-	$(STACK) loop
+	$(LOCAL) loop
 
 .PHONY: up
-up: setup ## Start the local stack (S3, MLflow, trained model, predictor, transformer) and leave it running
-	$(STACK) up
+up: setup ## Start the system on this machine (S3, MLflow, trained model, predictor, transformer) and leave it running
+	$(LOCAL) up
 
 .PHONY: traffic
-traffic: setup ## Replay rides through localhost:LOCAL_PORT and report their actual durations to s3://actuals (local stack, or the cluster's port-forward)
-	@if [ -f "$${STATE_DIR:-.local}/stack.json" ]; then $(STACK) traffic --url http://localhost:$(LOCAL_PORT); else 	$(call minio-as,s3-dispatcher,AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY); 	$(STACK) traffic --url http://localhost:$(LOCAL_PORT); fi
+traffic: setup ## Replay rides through localhost:LOCAL_PORT and report their actual durations to s3://actuals (the system `make up` started, or the cluster's port-forward)
+	@if [ -f "$${STATE_DIR:-.local}/up.json" ]; then $(LOCAL) traffic --url http://localhost:$(LOCAL_PORT); else 	$(call minio-as,s3-dispatcher,AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY); 	$(LOCAL) traffic --url http://localhost:$(LOCAL_PORT); fi
 
 .PHONY: down
-down: ## Stop the local stack started by `make up`
-	@if [ -x stack/.venv/bin/python ]; then $(STACK) down; else echo "nothing to stop"; fi
+down: ## Stop the system started by `make up`
+	@if [ -x local/.venv/bin/python ]; then $(LOCAL) down; else echo "nothing to stop"; fi
 
 ##@ On a kind cluster (needs docker, kind, kubectl)
 
@@ -177,7 +177,7 @@ endef
 upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster's s3://data/ (for clusters without internet)
 	@test -n "$(DATA_DIR)" || { echo "set DATA_DIR to a folder of green_tripdata_YYYY-MM.parquet files"; exit 1; }
 	@$(call minio-as,minio-root,MINIO_ROOT_USER,MINIO_ROOT_PASSWORD); \
-	$(STACK) upload --to s3://data/ $(DATA_DIR)/green_tripdata_*.parquet
+	$(LOCAL) upload --to s3://data/ $(DATA_DIR)/green_tripdata_*.parquet
 	@echo "now: make train TRAIN_DATA=s3://data/green_tripdata_2022-01.parquet VAL_DATA=s3://data/green_tripdata_2022-02.parquet"
 
 .PHONY: port-forward

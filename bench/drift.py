@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 import ride
-from stack.processes import ROOT, component_python
+from local.processes import ROOT, component_python
 
 PER_OBJECT = 500
 

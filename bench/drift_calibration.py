@@ -22,6 +22,7 @@ import pandas as pd
 
 import ride
 from monitoring.drift import DriftTest
+from ride.tlc import serving_month
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DATA_DIR") or ROOT.parent / "shared" / "data" / "nyc-tlc")
@@ -29,10 +30,10 @@ COLUMNS = list(ride.FEATURES)
 
 
 def month(name: str) -> pd.DataFrame:
-    path = DATA / f"green_tripdata_{name}.parquet"
-    if not path.exists():
-        sys.exit(f"error: {path} not found: set DATA_DIR to a folder of TLC's green_tripdata_YYYY-MM.parquet files")
-    return ride.serving_population(pd.read_parquet(path), path.name)
+    try:
+        return serving_month(name, DATA)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
 
 
 def alarms(detector: DriftTest, windows) -> int:

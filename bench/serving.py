@@ -25,8 +25,8 @@ import aiohttp
 
 from ride import LOG_FIELDS
 from ride.reader import read_records
-from stack.cli import run_step
-from stack.processes import (
+from local.cli import run_step
+from local.processes import (
     ROOT,
     Process,
     S3Endpoint,
@@ -37,7 +37,7 @@ from stack.processes import (
     start_transformer,
     wait_until,
 )
-from stack.synthetic import synthetic_month
+from local.synthetic import synthetic_month
 
 PATH = "/v1/models/trip-duration:predict"
 
@@ -123,7 +123,7 @@ def main() -> None:
         predictor, host = start_predictor(work, s3, model["storage_uri"])
         procs.append(predictor)
         log_uri = "s3://predictions/bench"
-        # The transformer's own flush interval (2 s), not the local stack's 0.5 s: the flusher's puts share the cores.
+        # The transformer's own flush interval (2 s), not the 0.5 s `local` uses: the flusher's puts share the cores.
         transformer, url = start_transformer(work, s3, host, log_uri, model["version"], PREDICTION_LOG_FLUSH_SECONDS="2")
         procs.append(transformer)
 

@@ -1,4 +1,4 @@
-"""Soak: traffic at a fixed rate through the local stack for 10 minutes, with faults:
+"""Soak: traffic at a fixed rate through the system on one machine (`local`) for 10 minutes, with faults:
 
 - S3 cut for 30 s (a TCP proxy in front of it refuses and drops connections; the server keeps its objects);
 - the predictor stopped and started again;
@@ -30,10 +30,10 @@ import httpx
 
 from ride import LOG_FIELDS
 from ride.reader import read_records
-from stack.cli import run_step
-from stack.processes import ROOT, S3Endpoint, mlflow_server, start_predictor, start_transformer
-from stack.proxy import TcpProxy
-from stack.synthetic import synthetic_month
+from local.cli import run_step
+from local.processes import ROOT, S3Endpoint, mlflow_server, start_predictor, start_transformer
+from local.proxy import TcpProxy
+from local.synthetic import synthetic_month
 
 PATH = "/v1/models/trip-duration:predict"
 

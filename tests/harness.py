@@ -1,4 +1,4 @@
-"""Helpers of the black-box tests; the processes themselves come from the stack package."""
+"""Helpers of the black-box tests; the processes themselves come from the `local` package."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
-from stack.processes import (  # noqa: F401  (re-exported for the tests)
+from local.processes import (  # noqa: F401  (re-exported for the tests)
     BUCKETS,
     POLICIES,
     ROOT,
@@ -30,8 +30,8 @@ from stack.processes import (  # noqa: F401  (re-exported for the tests)
     start_transformer,
     wait_until,
 )
-from stack.proxy import TcpProxy  # noqa: F401  (re-exported for the tests)
-from stack.synthetic import synthetic_month  # noqa: F401
+from local.proxy import TcpProxy  # noqa: F401  (re-exported for the tests)
+from local.synthetic import synthetic_month  # noqa: F401
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "nyc-tlc"
 

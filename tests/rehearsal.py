@@ -601,8 +601,8 @@ class ApiServer:
         for volume in pod.get("volumes", []):
             sources += [(v, "") for v in [volume, *volume.get("projected", {}).get("sources", [])]]
         for source, suffix in sources:
-            for kind, field in (("ConfigMap", f"configMap{suffix}"), ("Secret", f"secret{suffix}")):
-                ref = source.get(field)
+            for kind, key in (("ConfigMap", f"configMap{suffix}"), ("Secret", f"secret{suffix}")):
+                ref = source.get(key)
                 name = ref and (ref.get("name") or ref.get("secretName"))
                 if not name or (kind, name) == ("ConfigMap", "kube-root-ca.crt"):  # published in every namespace
                     continue

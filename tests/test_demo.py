@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 
-import pytest
 import requests
 
 from harness import ROOT, free_port
 
 
-def stack_env(months, tmp_path) -> dict:
+def local_env(months, tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     return {
         **env,
@@ -27,9 +26,9 @@ def stack_env(months, tmp_path) -> dict:
     }
 
 
-def stack(*args, env, timeout=600):
+def run_local(*args, env, timeout=600):
     return subprocess.run(
-        [str(ROOT / "stack" / ".venv" / "bin" / "python"), "-m", "stack", *args],
+        [str(ROOT / "local" / ".venv" / "bin" / "python"), "-m", "local", *args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -45,8 +44,8 @@ def port_free(port: int) -> bool:
 
 
 def test_demo_runs_the_whole_loop_and_cleans_up(months, tmp_path):
-    env = stack_env(months, tmp_path)
-    result = stack("demo", env=env)
+    env = local_env(months, tmp_path)
+    result = run_local("demo", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for step in range(1, 8):
@@ -69,22 +68,22 @@ def test_demo_runs_the_whole_loop_and_cleans_up(months, tmp_path):
 
 
 def test_taken_port_is_one_clear_line(months, tmp_path):
-    env = stack_env(months, tmp_path)
+    env = local_env(months, tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", int(env["MLFLOW_PORT"])))
         s.listen()
-        result = stack("demo", env=env, timeout=60)
+        result = run_local("demo", env=env, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: port {env['MLFLOW_PORT']} (MLflow) is taken: stop what uses it (`make down` if it is this stack) "
+        f"error: port {env['MLFLOW_PORT']} (MLflow) is taken: stop what uses it (`make down` if it is this system) "
         "or set MLFLOW_PORT=…"
     )
     assert port_free(int(env["S3_PORT"]))
 
 
 def test_up_serves_until_down(months, tmp_path):
-    env = stack_env(months, tmp_path)
-    result = stack("up", env=env)
+    env = local_env(months, tmp_path)
+    result = run_local("up", env=env)
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         url = f"http://127.0.0.1:{env['TRANSFORMER_PORT']}/v1/models/trip-duration:predict"
@@ -92,11 +91,11 @@ def test_up_serves_until_down(months, tmp_path):
         assert r.status_code == 200 and r.json()["model_version"] == "1"
         assert requests.get(f"http://127.0.0.1:{env['MLFLOW_PORT']}/health", timeout=10).status_code == 200
     finally:
-        down = stack("down", env=env, timeout=120)
+        down = run_local("down", env=env, timeout=120)
     assert down.returncode == 0 and "stopped transformer" in down.stdout
     for var in ("S3_PORT", "MLFLOW_PORT", "PREDICTOR_PORT", "TRANSFORMER_PORT"):
         assert port_free(int(env[var])), f"{var} still in use after make down"
-    assert "nothing to stop" in stack("down", env=env).stdout
+    assert "nothing to stop" in run_local("down", env=env).stdout
 
 
 def test_upload_copies_local_months_to_s3(s3, tmp_path):
@@ -104,8 +103,8 @@ def test_upload_copies_local_months_to_s3(s3, tmp_path):
     month = tmp_path / "green_tripdata_2030-01.parquet"
     month.write_bytes(b"PAR1 not really")
     env = {**os.environ, **s3.env_for()}
-    result = stack("upload", "--to", "s3://data/upload-test/", str(month), env=env, timeout=120)
+    result = run_local("upload", "--to", "s3://data/upload-test/", str(month), env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert s3.keys("data", "upload-test") == ["upload-test/green_tripdata_2030-01.parquet"]
-    missing = stack("upload", "--to", "s3://data/upload-test/", str(tmp_path / "nope.parquet"), env=env, timeout=120)
+    missing = run_local("upload", "--to", "s3://data/upload-test/", str(tmp_path / "nope.parquet"), env=env, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope.parquet'}: file not found"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from harness import synthetic_month
-from test_demo import stack, stack_env
+from test_demo import local_env, run_local
 
 
 def test_the_loop_retrains_promotes_a_better_model_and_rolls_back(tmp_path):
@@ -16,9 +16,9 @@ def test_the_loop_retrains_promotes_a_better_model_and_rolls_back(tmp_path):
     synthetic_month(months / "green_tripdata_2029-01.parquet", 2029, 1, seed=11, minutes_per_mile=2.0)
     synthetic_month(months / "green_tripdata_2029-02.parquet", 2029, 2, seed=12, minutes_per_mile=2.0)
     synthetic_month(months / "green_tripdata_2030-05.parquet", 2030, 5, n=6000, seed=13)
-    env = {**stack_env({"train": months / "x"}, tmp_path), "TRAIN_MONTH": "2029-01", "VAL_MONTH": "2029-02",
+    env = {**local_env({"train": months / "x"}, tmp_path), "TRAIN_MONTH": "2029-01", "VAL_MONTH": "2029-02",
            "TRAFFIC_MONTH": "2030-05", "TRAFFIC_RIDES": "2500"}  # fmt: skip
-    result = stack("loop", env=env, timeout=900)
+    result = run_local("loop", env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -14,7 +14,7 @@ import requests
 
 import ride
 from harness import ROOT, ApiStandIn, free_port, run_cli, start_predictor, start_transformer, train, unique
-from stack import traffic
+from local import traffic
 from test_manifests import kustomize
 
 def replay(url: str, frame: pd.DataFrame) -> list[str]:

@@ -15,7 +15,7 @@ import yaml
 from botocore.exceptions import ClientError
 
 from harness import BUCKETS, POLICIES, ROOT, USERS, read_prediction_logs, start_transformer, unique, wait_until
-from stack.processes import StackError
+from local.processes import StepError
 from test_manifests import kustomize_tagged, render_isvc
 
 # What each component may do in S3 (read: list the bucket and get its objects; write: put objects), and nothing else.
@@ -358,7 +358,7 @@ def test_the_mlflow_ui_shows_artifacts_with_a_read_only_key(mlflow_url, model):
 def test_a_component_is_never_handed_the_admin_key(s3):
     keys = {s3.env_for(user)["AWS_ACCESS_KEY_ID"] for user in USERS}
     assert len(keys) == len(USERS) and s3.access_key not in keys
-    with pytest.raises(StackError, match="no S3 user 'root'"):
+    with pytest.raises(StepError, match="no S3 user 'root'"):
         s3.env_for("root")
 
 

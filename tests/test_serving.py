@@ -26,7 +26,7 @@ from harness import (
     start_transformer,
     unique,
 )
-from stack import traffic
+from local import traffic
 
 PATH = "/v1/models/trip-duration:predict"
 

@@ -13,6 +13,7 @@ import pytest
 
 import ride
 from monitoring.drift import DriftTest
+from ride.tlc import serving_month
 
 warnings.filterwarnings("ignore")
 DATA = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nyc-tlc")
@@ -20,10 +21,10 @@ COLUMNS = list(ride.FEATURES)
 
 
 def month(name: str) -> pd.DataFrame:
-    path = DATA / f"green_tripdata_{name}.parquet"
-    if not path.exists():
+    try:
+        return serving_month(name, DATA)
+    except FileNotFoundError:
         pytest.skip(f"real TLC months not present at {DATA}")
-    return ride.serving_population(pd.read_parquet(path), path.name)
 
 
 def flagged(detector: DriftTest, window: pd.DataFrame) -> bool:

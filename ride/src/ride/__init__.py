@@ -1,4 +1,5 @@
-"""One definition of a ride, imported by training, the transformer, the drift job, the local stack and the tests."""
+"""One definition of a ride, imported by training, the transformer, the drift job, `local` (the system on one
+machine) and the tests."""
 
 from ride.records import ACTUAL_FIELDS, LOG_FIELDS, LOG_KEY, actuals_key, jsonl_gz, log_key, log_record, utc_timestamp
 from ride.rules import (

@@ -24,6 +24,19 @@ def resolve_month(src: str, data_dir: str | None = None) -> str:
     return TLC_URL.format(month=src)
 
 
+def serving_month(month: str, data_dir: str | Path):
+    """A month's rides in `data_dir` as a dispatcher would send them (`serving_population`); FileNotFoundError when
+    the file is not there."""
+    import pandas as pd
+
+    from ride.rules import serving_population
+
+    path = Path(data_dir) / f"green_tripdata_{month}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: set DATA_DIR to a folder of TLC's green_tripdata_YYYY-MM.parquet files")
+    return serving_population(pd.read_parquet(path), path.name)
+
+
 def download(url: str, cache_dir: str = CACHE_DIR) -> Path:
     """The URL's copy in `cache_dir`, fetched the first time (pooch, from the caller's environment; progress on a
     terminal)."""

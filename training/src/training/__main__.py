@@ -30,7 +30,7 @@ COMMANDS = {  # name: (settings, one line, what it does)
                "its predictor and transformer Deployments run this render and it is Ready."),
 }  # fmt: skip
 
-parser = argparse.ArgumentParser(prog="python -m training", epilog=f"Exit codes: 0 done; 1 the registry does not hold "
+parser = argparse.ArgumentParser(prog="python -m training", epilog="Exit codes: 0 done; 1 the registry does not hold "
                                  "what was asked; 2 an error, in one line.",  # fmt: skip
                                  description="Train the NYC green-taxi trip-duration model, track it, register it, serve it.")
 commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,6 +1,6 @@
 """The system's processes on one machine: an S3 endpoint, an MLflow server, the predictor, the transformer.
 
-Used by `python -m stack` (make demo / up / down) and by the black-box tests, so both run the same way.
+Used by `python -m local` (make demo / up / down) and by the black-box tests, so both run the same way.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ POLICIES = ROOT / "manifests" / "base" / "s3-policies"
 USERS = tuple(sorted(p.stem for p in POLICIES.glob("*.json")))
 
 
-class StackError(Exception):
-    """A step of the stack failed; the message says which and where its log is."""
+class StepError(Exception):
+    """A step of the system on one machine failed; the message says which and where its log is."""
 
 
 def component_python(component: str) -> str:
     python = ROOT / component / ".venv" / "bin" / "python"
     if not python.exists():
-        raise StackError(f"{component} environment missing: run `make setup`")
+        raise StepError(f"{component} environment missing: run `make setup`")
     return str(python)
 
 
@@ -127,7 +127,7 @@ class S3Endpoint:
         if user is None:
             return self.access_key, self.secret_key
         if user not in self.users:
-            raise StackError(f"no S3 user {user!r}: the users are {', '.join(USERS)} (one per policy in {POLICIES})")
+            raise StepError(f"no S3 user {user!r}: the users are {', '.join(USERS)} (one per policy in {POLICIES})")
         return self.users[user]
 
     def env_for(self, user: str | None = None) -> dict:
@@ -219,13 +219,13 @@ class S3Endpoint:
             if e.response["Error"]["Code"] == "AccessDenied":
                 return
             raise
-        raise StackError(f"S3 ({self.kind}) at {self.url} does not enforce the users' policies")
+        raise StepError(f"S3 ({self.kind}) at {self.url} does not enforce the users' policies")
 
     @property
     def pid(self) -> int:
         """The server's process, when it runs as one (MinIO, or moto with in_process=False)."""
         if not isinstance(self._server, Process):
-            raise StackError("an in-process S3 server has no pid of its own")
+            raise StepError("an in-process S3 server has no pid of its own")
         return self._server.proc.pid
 
     def stop(self) -> None:
@@ -280,7 +280,7 @@ def mlflow_server(
         wait_until(lambda: http_ok(f"{url}/health"), f"MLflow server at {url}", timeout=180, interval=0.5)
     except TimeoutError:
         proc.stop()
-        raise StackError(f"MLflow server did not start; see {proc.log_path}")
+        raise StepError(f"MLflow server did not start; see {proc.log_path}")
     return proc, url
 
 

@@ -1,4 +1,4 @@
-"""`python -m stack demo|up|down|traffic`: the whole loop on one machine, no Kubernetes, no Docker."""
+"""`python -m local demo|up|down|traffic`: the whole loop on one machine, no Kubernetes, no Docker."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import requests
 
 from ride import startup, store
 from ride.reader import read_predictions
-from stack import processes, traffic
-from stack.processes import ROOT, Process, S3Endpoint, StackError, component_python
+from local import processes, traffic
+from local.processes import ROOT, Process, S3Endpoint, StepError, component_python
 
 MODEL_NAME = "trip_duration"
 LOG_URI = "s3://predictions/logs"
@@ -51,7 +51,7 @@ class Config:
                 try:
                     values[name] = type(default)(os.environ[var])
                 except ValueError:
-                    raise StackError(f"{var}={os.environ[var]!r} is not a valid {type(default).__name__}") from None
+                    raise StepError(f"{var}={os.environ[var]!r} is not a valid {type(default).__name__}") from None
         return cls(**values)
 
     @property
@@ -81,13 +81,13 @@ def check_ports(cfg: Config) -> None:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
-                raise StackError(
-                    f"port {port} ({name}) is taken: stop what uses it (`make down` if it is this stack) or set {var}=…"
+                raise StepError(
+                    f"port {port} ({name}) is taken: stop what uses it (`make down` if it is this system) or set {var}=…"
                 ) from None
 
 
 def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
-    """A component's CLI; its output goes to `log`; its last stdout line is JSON; any exit but 0 stops the stack."""
+    """A component's CLI; its output goes to `log`; its last stdout line is JSON; any exit but 0 stops the system."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as err:
         proc = subprocess.run(
@@ -101,11 +101,11 @@ def run_step(component: str, args: list[str], env: dict, log: Path) -> dict:
         out.write(proc.stdout)
     if proc.returncode != 0 or not proc.stdout.strip():
         last = log.read_text().strip().splitlines()[-1:] or [""]
-        raise StackError(f"`python -m {component} {args[0]}` failed: {last[0]} (log: {log})")
+        raise StepError(f"`python -m {component} {args[0]}` failed: {last[0]} (log: {log})")
     return {"json": json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout}
 
 
-class Stack:
+class System:
     """S3, MLflow, a trained model, the predictor and the transformer, each a process with a log file."""
 
     def __init__(self, cfg: Config):
@@ -198,9 +198,9 @@ class Stack:
     def save(self) -> None:
         state = {name: proc.proc.pid for name, proc in self.procs.items()}
         state["s3"] = self.s3.pid
-        # Each component's keys (moto makes them at start), for whatever is run against the stack while it is up.
+        # Each component's keys (moto makes them at start), for whatever is run against the system while it is up.
         users = {"admin": [self.s3.access_key, self.s3.secret_key], **{u: list(k) for u, k in self.s3.users.items()}}
-        path = self.cfg.state / "stack.json"
+        path = self.cfg.state / "up.json"
         path.write_text(json.dumps({"pids": state, "model": self.model, "s3": {"url": self.s3.url, "users": users}}, indent=2))
         path.chmod(0o600)
 
@@ -215,23 +215,23 @@ class Stack:
 
 def demo(cfg: Config) -> dict:
     progress = Progress(7)
-    stack = Stack(cfg)
+    system = System(cfg)
     try:
-        stack.start(progress)
+        system.start(progress)
         rides = traffic.rides(cfg.traffic_month, cfg.traffic_rides or None)
-        replayed = traffic.replay(stack.transformer_url, rides)
-        actuals = traffic.write_actuals(ACTUALS_URI, rides, stack.s3.env_for("dispatcher"))
-        stack.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
-        logged = stack.count_logged()
+        replayed = traffic.replay(system.transformer_url, rides)
+        actuals = traffic.write_actuals(ACTUALS_URI, rides, system.s3.env_for("dispatcher"))
+        system.procs.pop("transformer").stop(signal.SIGTERM)  # SIGTERM flushes every buffered log record
+        logged = system.count_logged()
         progress(f"replayed the first {len(rides):,} rides of {cfg.traffic_month} as a dispatcher sends them: "
                  f"{replayed.summary}; {logged:,} log records in {LOG_URI}")  # fmt: skip
 
-        drift = stack.drift(["--window", "24h", "--report-uri", str(cfg.state / "monitoring"), "--log-to-mlflow"], "drift")
+        drift = system.drift(["--window", "24h", "--report-uri", str(cfg.state / "monitoring"), "--log-to-mlflow"], "drift")
         progress("drift job done")
         summary = {
-            "rmse": stack.trained["rmse"],
-            "model_version": stack.model["version"],
-            "storage_uri": stack.model["source"],
+            "rmse": system.trained["rmse"],
+            "model_version": system.model["version"],
+            "storage_uri": system.model["source"],
             "rides_sent": len(rides),
             "rides_scored": len(replayed.scored),
             "rides_rejected": dict(replayed.rejected),
@@ -242,13 +242,13 @@ def demo(cfg: Config) -> dict:
             "report": drift["json"]["report"],
             "report_html": drift["json"].get("report_html"),
             "performance": drift["json"].get("performance"),
-            "mlflow_ui": stack.mlflow_url,
+            "mlflow_ui": system.mlflow_url,
         }
         print_summary(cfg, summary, drift["stdout"])
         (cfg.state / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
     finally:
-        stack.stop()
+        system.stop()
 
 
 def print_summary(cfg: Config, s: dict, drift_stdout: str) -> None:
@@ -276,24 +276,24 @@ def print_summary(cfg: Config, s: dict, drift_stdout: str) -> None:
 
 
 def up(cfg: Config) -> None:
-    stack = Stack(cfg)
+    system = System(cfg)
     try:
-        stack.start(Progress(5))
+        system.start(Progress(5))
     except BaseException:
-        stack.stop()
+        system.stop()
         raise
-    stack.save()
-    print(f"\nthe stack is up (state in {cfg.state}); `make down` stops it.")
-    print(f"MLflow UI      {stack.mlflow_url}")
-    print(f"S3             {stack.s3.url} (admin key {stack.s3.access_key}, secret {stack.s3.secret_key}; "
-          f"each component's keys in {cfg.state / 'stack.json'})")
+    system.save()
+    print(f"\nthe system is up (state in {cfg.state}); `make down` stops it.")
+    print(f"MLflow UI      {system.mlflow_url}")
+    print(f"S3             {system.s3.url} (admin key {system.s3.access_key}, secret {system.s3.secret_key}; "
+          f"each component's keys in {cfg.state / 'up.json'})")
     print(f"try it         {CURL.format(port=cfg.transformer_port)}")
 
 
 def down(cfg: Config) -> None:
-    path = cfg.state / "stack.json"
+    path = cfg.state / "up.json"
     if not path.exists():
-        print("nothing to stop: no stack is up")
+        print("nothing to stop: nothing is up")
         return
     pids = json.loads(path.read_text())["pids"]
     for name, pid in pids.items():
@@ -319,11 +319,11 @@ def down(cfg: Config) -> None:
 
 
 def dispatcher(cfg: Config) -> dict:
-    """The dispatcher's S3 identity in the local stack `make up` started."""
-    path = cfg.state / "stack.json"
+    """The dispatcher's S3 identity in the system `make up` started."""
+    path = cfg.state / "up.json"
     if not path.exists():
-        raise StackError("no S3 keys for the actuals: set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                         "(the dispatcher's), start the local stack (`make up`), or pass --actuals-uri ''")  # fmt: skip
+        raise StepError("no S3 keys for the actuals: set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                         "(the dispatcher's), start the system on this machine (`make up`), or pass --actuals-uri ''")  # fmt: skip
     s3 = json.loads(path.read_text())["s3"]
     key, secret = s3["users"]["dispatcher"]
     return {"AWS_ENDPOINT_URL": s3["url"], "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
@@ -332,14 +332,14 @@ def dispatcher(cfg: Config) -> dict:
 def upload(to: str, files: list[Path]) -> None:
     for path in files:
         if not path.is_file():
-            raise StackError(f"{path}: file not found")
+            raise StepError(f"{path}: file not found")
         store.write_bytes(store.join(to, path.name), path.read_bytes())
         print(f"uploaded {path} to {store.join(to, path.name)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m stack",
+        prog="python -m local",
         description="The whole system on one machine, no Kubernetes and no Docker.",
         epilog="Environment: DATA_DIR (local TLC months; else they are downloaded and cached), STATE_DIR "
         "(default .local), S3_PORT 9000, MLFLOW_PORT 5000, PREDICTOR_PORT 8081, TRANSFORMER_PORT 8080, "
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="how many rides, from the month's first pick-up on; 0 sends every ride (default 3000)")
     t.add_argument("--actuals-uri", default=ACTUALS_URI,
                    help=f"where the rides' actual durations are reported, as the dispatcher's S3 user: the AWS_* "
-                   f"variables, else the local stack's (when `make up` runs); '' reports none (default {ACTUALS_URI})")  # fmt: skip
+                   f"variables, else those of the system `make up` started; '' reports none (default {ACTUALS_URI})")  # fmt: skip
     u = sub.add_parser("upload", help="copy local files to an s3:// prefix (endpoint and keys from AWS_* variables)")
     u.add_argument("--to", required=True, help="s3://bucket/prefix/")
     u.add_argument("files", nargs="+", type=Path)
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "demo":
             demo(cfg)
         elif args.command == "loop":
-            from stack.loop import loop
+            from local.loop import loop
 
             # An older model on newer rides: 2021-01 (lockdown) serving 2022-02; each phase 20,000 rides.
             loop(Config.from_env(train_month="2021-01", val_month="2021-02", traffic_month="2022-02", traffic_rides=20_000))
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.actuals_uri:
                 written = traffic.write_actuals(args.actuals_uri, rides, None if os.environ.get("AWS_ACCESS_KEY_ID") else dispatcher(cfg))
                 print(f"reported the actual durations of {written:,} rides to {args.actuals_uri}")
-    except (StackError, TimeoutError, requests.RequestException) as e:
+    except (StepError, TimeoutError, requests.RequestException) as e:
         startup.fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: every process this started has been stopped", file=sys.stderr)

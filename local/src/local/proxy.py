@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from stack.processes import free_port
+from local.processes import free_port
 
 
 class TcpProxy:

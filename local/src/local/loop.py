@@ -1,4 +1,4 @@
-"""`python -m stack loop` (`make loop`): the loop closed on one machine, with the cluster's own commands.
+"""`python -m local loop` (`make loop`): the loop closed on one machine, with the cluster's own commands.
 
 An older model serves a newer month's rides, whose actual durations arrive as a dispatch system reports them;
 the drift job judges the window and asks for retraining; a challenger trains on the logged rides and their
@@ -12,29 +12,29 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from stack import traffic
-from stack.cli import ACTUALS_URI, LOG_URI, MODEL_NAME, Config, Progress, Stack, run_step
-from stack.processes import StackError
+from local import traffic
+from local.cli import ACTUALS_URI, LOG_URI, MODEL_NAME, Config, Progress, System, run_step
+from local.processes import StepError
 
 
 def loop(cfg: Config) -> dict:
-    stack = Stack(cfg)
+    system = System(cfg)
     progress = Progress(12)
     phases = []
     try:
-        stack.start(progress)  # steps 1-5: S3, MLflow, the older model trained, @staging, served
-        old = {"version": stack.model["version"], "rmse": stack.trained["rmse"]}
+        system.start(progress)  # steps 1-5: S3, MLflow, the older model trained, @staging, served
+        old = {"version": system.model["version"], "rmse": system.trained["rmse"]}
         rides = traffic.rides(cfg.traffic_month, 2 * cfg.traffic_rides)
         first, second = rides.iloc[: cfg.traffic_rides], rides.iloc[cfg.traffic_rides :]
 
         def serve(label: str, part, step: str) -> dict:
             """Replay `part` through what serves now, report the actuals, and judge that window."""
             since = datetime.now(timezone.utc)
-            replayed = traffic.replay(stack.transformer_url, part)
-            traffic.write_actuals(ACTUALS_URI, part, stack.s3.env_for("dispatcher"))
-            stack.wait_logged(since, len(replayed.scored))
+            replayed = traffic.replay(system.transformer_url, part)
+            traffic.write_actuals(ACTUALS_URI, part, system.s3.env_for("dispatcher"))
+            system.wait_logged(since, len(replayed.scored))
             args = ["--since", since.isoformat(), "--calibration-cache", str(cfg.state / "calibration")]
-            judged = stack.drift(args, label.replace(" ", "-"))["json"]
+            judged = system.drift(args, label.replace(" ", "-"))["json"]
             phase = {"phase": label, "since": since.isoformat(), "version": judged["model_version"], "rides": len(part),
                      "scored": len(replayed.scored),
                      **{k: judged[k] for k in ("drift", "degraded", "retrain")},
@@ -48,28 +48,28 @@ def loop(cfg: Config) -> dict:
 
         before = serve("served by the older model", first, f"the first {len(first):,} rides of {cfg.traffic_month}")
         if not before["retrain"]["wanted"]:
-            raise StackError(f"the drift job did not ask for retraining: {before['retrain']['reason']}")
+            raise StepError(f"the drift job did not ask for retraining: {before['retrain']['reason']}")
         progress(f"the drift job asks for retraining: {before['retrain']['reason']}")
 
-        challenger = stack.train(["--production-rides", LOG_URI, "--actuals", ACTUALS_URI, "--since", before["since"]], "retrain")
+        challenger = system.train(["--production-rides", LOG_URI, "--actuals", ACTUALS_URI, "--since", before["since"]], "retrain")
         if not challenger["promoted"]:
-            raise StackError(f"the challenger was not promoted: {challenger['reason']}")
-        stack.deploy()
+            raise StepError(f"the challenger was not promoted: {challenger['reason']}")
+        system.deploy()
         progress(f"challenger version {challenger['version']} trained on the logged rides and their actuals, promoted "
                  f"({challenger['reason']}); predictor and transformer serve it")  # fmt: skip
 
         after = serve("served by the challenger", second, f"the next {len(second):,} rides")
 
-        worse = stack.train(["--train-data", cfg.train_month, "--val-data", cfg.traffic_month], "worse-challenger")
+        worse = system.train(["--train-data", cfg.train_month, "--val-data", cfg.traffic_month], "worse-challenger")
         if worse["promoted"]:
-            raise StackError(f"a challenger trained on {cfg.train_month} again was promoted: {worse['reason']}")
+            raise StepError(f"a challenger trained on {cfg.train_month} again was promoted: {worse['reason']}")
         progress(f"a challenger trained on {cfg.train_month} again (version {worse['version']}) is turned down: {worse['reason']}")
 
-        rolled = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env("training"), cfg.logs / "rollback.log")["json"]
-        stack.deploy()
+        rolled = run_step("training", ["rollback", "--model-name", MODEL_NAME], system.env("training"), cfg.logs / "rollback.log")["json"]
+        system.deploy()
         again = serve("the same rides after a rollback", second, f"rolled back to version {rolled['version']}; the same rides")
-        returned = run_step("training", ["rollback", "--model-name", MODEL_NAME], stack.env("training"), cfg.logs / "rollback-2.log")["json"]
-        stack.deploy()
+        returned = run_step("training", ["rollback", "--model-name", MODEL_NAME], system.env("training"), cfg.logs / "rollback-2.log")["json"]
+        system.deploy()
         progress(f"rolled back again: @staging is version {returned['version']}, @previous {returned['previous']}")
 
         summary = {
@@ -86,7 +86,7 @@ def loop(cfg: Config) -> dict:
         (cfg.state / "loop.json").write_text(json.dumps(summary, indent=2, default=str))
         return summary
     finally:
-        stack.stop()
+        system.stop()
 
 
 def yes(flag) -> str:
