@@ -315,7 +315,7 @@ def test_the_transformer_is_refused_a_model_write_and_the_drift_job_a_log_write(
     assert key not in s3.keys("mlflow", "access-check/") + s3.keys("predictions", "access-check/")
 
 
-def test_the_transformer_as_the_stack_runs_it_cannot_log_into_the_model_bucket(workdir, s3, predictor, model):
+def test_the_transformer_as_local_runs_it_cannot_log_into_the_model_bucket(workdir, s3, predictor, model):
     """The real process with its own key (as start_transformer gives it): pointed at s3://mlflow, every flush is
     refused and counted, and nothing lands there; pointed at s3://predictions, it logs."""
     ride = {"ride_id": "r1", "ride": {"PULocationID": 7, "DOLocationID": 236, "trip_distance": 2.1}}

@@ -160,3 +160,7 @@ def test_a_setting_comes_from_its_flag_else_its_environment_variable_else_its_de
     assert parse("--max_batch_size", "7", "--log_uri", "s3://b/p")[1] == Settings(7, "s3://b/p")
     with pytest.raises(argparse.ArgumentError, match="must be positive, got 0"):
         parse("--max_batch_size", "0")
+    for text, message in (("-1", "must be zero or more"), ("nan", "must be zero or more"), ("x", "not a valid")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            positive(float, zero=True)(text)
+    assert positive(float, zero=True)("0") == 0.0

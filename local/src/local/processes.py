@@ -303,12 +303,13 @@ def start_predictor(workdir: Path, s3: S3Endpoint, model_dir: str, port: int | N
 
 
 def start_transformer(
-    workdir: Path, s3: S3Endpoint, predictor_host: str, log_uri: str, version: str, port: int | None = None, **env: str
+    workdir: Path, s3: S3Endpoint, predictor_host: str, log_uri: str, version: str, port: int | None = None,
+    args: tuple[str, ...] = (), **env: str,
 ) -> tuple[Process, str]:
     port = port or free_port()
     proc = Process(
         [component_python("transformer"), "-m", "transformer", "--model_name", "trip-duration",
-         "--predictor_host", predictor_host, "--predictor_protocol", "v2", "--http_port", str(port)],
+         "--predictor_host", predictor_host, "--predictor_protocol", "v2", "--http_port", str(port), *args],
         {
             **os.environ,
             **s3.env_for("transformer"),

@@ -16,7 +16,7 @@ class Settings:
     max_batch_size: int = setting("rides per request", 1000, env="MAX_BATCH_SIZE", type=positive(int))
     max_body_bytes: int = setting("request body limit, in bytes", 1 << 20, env="MAX_BODY_BYTES", type=positive(int))
     batch_wait_ms: float = setting("how long single-ride requests wait to share one predictor call (0: only what is "
-                                   "queued)", 1.0, env="BATCH_WAIT_MS", type=float)  # fmt: skip
+                                   "queued)", 1.0, env="BATCH_WAIT_MS", type=positive(float, zero=True))  # fmt: skip
     max_predictor_calls: int = setting("predictor calls in flight at once, each carrying the single rides gathered",
                                        2, env="MAX_PREDICTOR_CALLS", type=positive(int))  # fmt: skip
     prediction_log_uri: str = setting("s3://bucket/prefix or a local directory; S3 endpoint and keys from AWS_*",
