@@ -24,7 +24,6 @@ from local.processes import (  # noqa: F401  (re-exported for the tests)
     S3Endpoint,
     component_python,
     free_port,
-    http_ok,
     mlflow_server,
     start_predictor,
     start_transformer,

@@ -157,10 +157,16 @@ def test_a_setting_comes_from_its_flag_else_its_environment_variable_else_its_de
     assert "rides per request (env MAX_BATCH_SIZE; default: 1000)" in " ".join(parser.format_help().split())
     monkeypatch.setenv("MAX_BATCH_SIZE", "5")
     assert parse()[1].max_batch_size == 5
+    monkeypatch.setenv("MAX_BATCH_SIZE", "0")  # a refusal names where the value came from
+    with pytest.raises(argparse.ArgumentError, match="MAX_BATCH_SIZE=0: must be positive"):
+        parse()
+    assert parse("--max_batch_size", "3")[1].max_batch_size == 3
+    monkeypatch.setenv("MAX_BATCH_SIZE", "5")
     assert parse("--max_batch_size", "7", "--log_uri", "s3://b/p")[1] == Settings(7, "s3://b/p")
     with pytest.raises(argparse.ArgumentError, match="must be positive, got 0"):
         parse("--max_batch_size", "0")
-    for text, message in (("-1", "must be zero or more"), ("nan", "must be zero or more"), ("x", "not a valid")):
+    for text, message in (("-1", "must be zero or more"), ("nan", "must be a finite"), ("1e400", "must be a finite"),
+                          ("x", "not a valid")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             positive(float, zero=True)(text)
     assert positive(float, zero=True)("0") == 0.0

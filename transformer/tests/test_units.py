@@ -342,3 +342,20 @@ def test_micro_batcher_keeps_at_most_max_calls_in_flight_and_fails_only_the_ride
     failed = {f"s{i}" for i, a in enumerate(answers) if isinstance(a, ConnectionError)}
     assert failed == set(calls[0])
     assert all(a == [float(i + 1)] for i, a in enumerate(answers) if f"s{i}" not in failed)
+
+
+def test_micro_batcher_gathers_again_after_a_cancelled_wait():
+    async def predictor(rides, headers):
+        return [float(r.PULocationID) for r in rides]
+
+    async def scenario():
+        batcher = MicroBatcher(predictor, max_rides=10, max_wait=0.05)
+        first = asyncio.create_task(batcher.predict([Ride("a", 1, 1, 1.0)], {}))
+        await asyncio.sleep(0.01)
+        for gathering in list(batcher._tasks):  # as when the event loop shuts down
+            gathering.cancel()
+        await asyncio.sleep(0)
+        second = await asyncio.wait_for(batcher.predict([Ride("b", 2, 1, 1.0)], {}), timeout=1)
+        return await asyncio.wait_for(first, timeout=1), second
+
+    assert asyncio.run(scenario()) == ([1.0], [2.0])

@@ -30,15 +30,47 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         flag = meta["flag"] or "--" + (f.name if underscores else f.name.replace("_", "-"))
         env, default = meta["env"], f.default if f.default is not MISSING else None
         if env and os.environ.get(env):
-            default = os.environ[env]  # a string: argparse converts it with `type`, as it would the flag's value
+            default = FromEnv(env, os.environ[env])  # a string: argparse converts it with `type`, as a flag's value
         shown = ("none" if f.default is None or f.default is MISSING else "on" if f.default is True
                  else "off" if f.default is False else f.default)  # fmt: skip
         where = f"env {env}; " if env else ""
         options = dict(meta["argparse"])
         if meta["type"] is not None:
-            options["type"] = meta["type"]
+            options["type"] = _naming_env(meta["type"])
         parser.add_argument(flag, *meta["aliases"], dest=f.name, default=default, required=meta["required"] and default is None,
                             help=f"{meta['help']} ({where}default: {shown})", **options)  # fmt: skip
+
+
+class FromEnv(str):
+    """A setting's value as its environment variable gave it: a refusal then names the variable, not the flag."""
+
+    def __new__(cls, env: str, value: str):
+        text = super().__new__(cls, value)
+        text.env = env
+        return text
+
+
+def _naming_env(kind):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            if isinstance(text, FromEnv):
+                raise argparse.ArgumentTypeError(f"{text.env}={text}: {e}") from None
+            raise
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """Every flag's help ends with its default: ours say it already (with the env var), others' get it added."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def read(cls, args: argparse.Namespace):
@@ -71,7 +103,9 @@ def positive(kind, zero: bool = False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if not value < float("inf") or value < 0 or (value == 0 and not zero):
+        if not -float("inf") < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < 0 or (value == 0 and not zero):
             raise argparse.ArgumentTypeError(f"must be {'zero or more' if zero else 'positive'}, got {text}")
         return value
 

@@ -6,7 +6,7 @@ import logging
 import kserve
 from kserve import model_server
 from kserve.predictor_config import PredictorConfig
-from ride.settings import add_arguments, read
+from ride.settings import ShowDefaults, add_arguments, read
 
 from transformer.logsink import PredictionLog
 from transformer.middleware import RequestIdAndBodyLimit
@@ -18,7 +18,7 @@ from transformer.settings import Settings
 DRAIN_SECONDS = 10  # on SIGTERM, for requests in flight; then the log's budget (both within the pod's grace period)
 
 parser = argparse.ArgumentParser(
-    prog="python -m transformer", parents=[model_server.parser],
+    prog="python -m transformer", parents=[model_server.parser], formatter_class=ShowDefaults,
     description="KServe transformer for trip-duration: validates rides (single or batch), calls the predictor over V2, "
     "returns durations with ride_id and model_version, and logs every scored ride.")  # fmt: skip
 add_arguments(parser, Settings, underscores=True)

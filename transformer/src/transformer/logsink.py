@@ -159,8 +159,8 @@ class PredictionLog:
                        max_buffered=settings.prediction_log_max_buffered,
                        max_spill_bytes=settings.prediction_log_max_spill_mb * 1024 * 1024).start()  # fmt: skip
         except OSError as e:
-            startup.fail(f"PREDICTION_LOG_SPILL_DIR={settings.prediction_log_spill_dir}: {e.strerror or e}; "
-                         "point it at a writable directory")  # fmt: skip
+            startup.fail(f"PREDICTION_LOG_SPILL_DIR={settings.prediction_log_spill_dir}: {e.strerror or e}; point it "
+                         "(or --prediction_log_spill_dir) at a writable directory")  # fmt: skip
 
     def start(self) -> "PredictionLog":
         self._thread.start()

@@ -115,14 +115,16 @@ class MicroBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self) -> None:
-        if self.max_wait:
-            await asyncio.sleep(self.max_wait)
+        try:
+            if self.max_wait:
+                await asyncio.sleep(self.max_wait)
+        finally:  # cancelled while waiting (the loop shutting down): the queue is untouched, the next caller gathers
+            self._gathering = False
         taken, size = [], 0
         while self._queue and (not taken or size + len(self._queue[0][0]) <= self.max_rides):
             item = self._queue.pop(0)
             taken.append(item)
             size += len(item[0])
-        self._gathering = False
         self._in_flight += 1
         self._next()  # more than max_rides queued, or a second call allowed
         try:
@@ -131,6 +133,10 @@ class MicroBatcher:
             for _, _, future in taken:
                 if not future.done():
                     future.set_exception(e)
+        except asyncio.CancelledError:
+            for _, _, future in taken:
+                future.cancel()
+            raise
         else:
             start = 0
             for item_rides, _, future in taken:
