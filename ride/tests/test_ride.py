@@ -161,6 +161,8 @@ def test_a_setting_comes_from_its_flag_else_its_environment_variable_else_its_de
     with pytest.raises(argparse.ArgumentError, match="MAX_BATCH_SIZE=0: must be positive"):
         parse()
     assert parse("--max_batch_size", "3")[1].max_batch_size == 3
+    monkeypatch.setenv("LOG_URI", "s3://from/env")
+    assert type(parse("--max_batch_size", "3")[1].log_uri) is str  # a plain string, as yaml and json expect
     monkeypatch.setenv("MAX_BATCH_SIZE", "5")
     assert parse("--max_batch_size", "7", "--log_uri", "s3://b/p")[1] == Settings(7, "s3://b/p")
     with pytest.raises(argparse.ArgumentError, match="must be positive, got 0"):

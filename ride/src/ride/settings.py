@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         flag = meta["flag"] or "--" + (f.name if underscores else f.name.replace("_", "-"))
         env, default = meta["env"], f.default if f.default is not MISSING else None
         if env and os.environ.get(env):
-            default = FromEnv(env, os.environ[env])  # a string: argparse converts it with `type`, as a flag's value
+            # A string: argparse converts it with `type`, as it would the flag's value (untyped, it is used as it is).
+            default = FromEnv(env, os.environ[env]) if meta["type"] is not None else os.environ[env]
         shown = ("none" if f.default is None or f.default is MISSING else "on" if f.default is True
                  else "off" if f.default is False else f.default)  # fmt: skip
         where = f"env {env}; " if env else ""
@@ -53,7 +54,7 @@ class FromEnv(str):
 def _naming_env(kind):
     def parse(text: str):
         try:
-            return kind(text)
+            return kind(str(text))
         except (argparse.ArgumentTypeError, ValueError) as e:
             if isinstance(text, FromEnv):
                 raise argparse.ArgumentTypeError(f"{text.env}={text}: {e}") from None
