@@ -23,8 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ride import LOG_FIELDS
-from ride.reader import read_records
+from ride.reader import read_predictions
 from local.cli import run_step
 from local.processes import (
     ROOT,
@@ -161,8 +160,9 @@ def main() -> None:
                    for k, (system, _, batch, concurrency) in enumerate(plan)]  # fmt: skip
 
         transformer.stop()  # SIGTERM: flushes the prediction log
-        logged = set(read_records(log_uri, LOG_FIELDS, ["ride_id"], credentials=s3.env_for()).frame["ride_id"])
-        summary = summarize(results, len(accepted), len(accepted - logged))
+        logged = read_predictions(log_uri, credentials=s3.env_for())
+        summary = summarize(results, len(accepted), len(accepted - set(logged.frame["ride_id"])))
+        summary["unreadable_log_objects"] = logged.unreadable
         summary["machine"] = machine()
         summary["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
         summary["training_seconds"] = train_seconds  # the whole `train` command: load, fit, log, register

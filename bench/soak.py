@@ -28,8 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from ride import LOG_FIELDS
-from ride.reader import read_records
+from ride.reader import read_predictions
 from local.cli import run_step
 from local.processes import ROOT, S3Endpoint, mlflow_server, start_predictor, start_transformer
 from local.proxy import TcpProxy
@@ -147,9 +146,8 @@ def main() -> None:
 
         down = [window("predictor stopped", "predictor started"), window("transformer SIGTERM", "transformer SIGTERM")]
         accepted = {ride for _, ride, status in results if status == 200}
-        records = read_records(log_uri, LOG_FIELDS, ["record_id"], credentials=s3.env_for()).frame.to_dict("records")
-        unique = {r["record_id"]: r["ride_id"] for r in records}
-        per_ride = Counter(unique.values())
+        logged = read_predictions(log_uri, credentials=s3.env_for())  # deduplicated by record_id
+        per_ride = Counter(logged.frame["ride_id"])
         t0 = results[0][0] if results else 0
         errors = [(t, status) for t, _, status in results if status >= 500 or status == 0]
         outside = [e for e in errors if not any(start <= e[0] <= end for start, end in down)]
@@ -163,8 +161,9 @@ def main() -> None:
             "rate": args.rate,
             "requests": len(results),
             "accepted": len(accepted),
-            "logged_records": len(records),
-            "duplicates_before_dedup": len(records) - len(unique),
+            "logged_records": len(logged.frame) + logged.duplicates,
+            "duplicates_before_dedup": logged.duplicates,
+            "unreadable_log_objects": logged.unreadable,
             "accepted_missing_from_logs": len(accepted - set(per_ride)),
             "accepted_logged_more_than_once": sum(1 for r in accepted if per_ride[r] > 1),
             "errors_5xx_or_connection": len(errors),

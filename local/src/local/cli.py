@@ -143,8 +143,6 @@ class System:
         self.procs["mlflow"] = proc
         progress(f"MLflow at {self.mlflow_url} (sqlite in {cfg.state / 'mlflow'})")
 
-        os.environ.update(self.s3.env_for())  # this process reads the logs back, as the operator
-
         self.trained = trained = self.train(["--train-data", cfg.train_month, "--val-data", cfg.val_month], "train")
         progress(
             f"trained on {cfg.train_month}, validated on {cfg.val_month}: RMSE {trained['rmse']:.2f} min, "
@@ -205,11 +203,11 @@ class System:
         path.chmod(0o600)
 
     def count_logged(self) -> int:
-        return len(read_predictions(LOG_URI).frame)
+        return len(read_predictions(LOG_URI, credentials=self.s3.env_for()).frame)  # as the operator
 
     def wait_logged(self, since, n: int) -> None:
         """Until the transformer has shipped `n` records scored since `since` (it flushes every half second here)."""
-        processes.wait_until(lambda: len(read_predictions(LOG_URI, since).frame) >= n,
+        processes.wait_until(lambda: len(read_predictions(LOG_URI, since, credentials=self.s3.env_for()).frame) >= n,
                              f"{n:,} prediction-log records in {LOG_URI}", timeout=120, interval=0.5)  # fmt: skip
 
 

@@ -82,11 +82,13 @@ def read_records(prefix: str, fields: dict, required: list[str], since: datetime
     return Records(frame, len(uris), unreadable)
 
 
-def read_predictions(prefix: str, since: datetime | None = None, until: datetime | None = None) -> Records:
+def read_predictions(prefix: str, since: datetime | None = None, until: datetime | None = None,
+                     credentials: dict | None = None) -> Records:  # fmt: skip
     """Prediction-log records scored in [since, until), deduplicated by record_id; `ts` as UTC timestamps."""
     import pandas as pd
 
-    records = read_records(prefix, LOG_FIELDS, ["record_id", "ts", "model_version", *FEATURES, PREDICTION], since, until)
+    required = ["record_id", "ts", "model_version", *FEATURES, PREDICTION]
+    records = read_records(prefix, LOG_FIELDS, required, since, until, credentials)
     frame = records.frame
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
     keep = frame["ts"].notna()
