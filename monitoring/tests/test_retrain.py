@@ -31,3 +31,22 @@ def test_a_rejected_challenger_starts_a_cool_down():
     assert not no["wanted"] and "cool-down until 2030-01-03T09:00:00+00:00" in no["reason"]
     old = (NOW - timedelta(hours=30)).isoformat()
     assert decide(judged(drift=True), 200, old, DAY, NOW)["wanted"]
+
+
+def test_the_registry_is_asked_only_when_retraining_is_wanted_and_its_failure_starts_nothing():
+    from types import SimpleNamespace
+
+    from monitoring.retrain import trigger
+
+    settings = SimpleNamespace(retrain_cooldown=DAY, retrain_cronjob="")
+
+    def unreachable():
+        raise ConnectionError("registry down\nsecond line")
+
+    assert trigger(judged(), settings, unreachable)["reason"] == "version 3: no drift, live error not degraded"
+    down = trigger(judged(drift=True), settings, unreachable)
+    assert not down["wanted"] and down["job"] is None
+    assert down["reason"].endswith("not started: the registry cannot say when a challenger was last rejected: registry down")
+    few = trigger(judged(drift=True, joined=999), settings, unreachable)  # training needs 1,000: 200 per side of 80/20
+    assert not few["wanted"] and "retraining needs 1,000" in few["reason"]
+    assert trigger(judged(drift=True), settings, lambda: None)["wanted"]

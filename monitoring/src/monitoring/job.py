@@ -73,8 +73,7 @@ def run(settings: Settings) -> dict:
         "versions": public,
         "report": None,
     }  # fmt: skip
-    summary["retrain"] = retrain.trigger(public[0] if public else None, settings, resolver.model_name,
-                                         resolver.rejected_at() if public else None)  # fmt: skip
+    summary["retrain"] = retrain.trigger(public[0] if public else None, settings, resolver.rejected_at)
     if not versions:
         print(f"not enough data: {len(current.frame)} rides in the window"
               + ("".join(f"; version {v}: {x['rides']} ({x['why']})" for v, x in left_out.items()))

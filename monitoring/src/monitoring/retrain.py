@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from ride.registry import MIN_RETRAIN_RIDES
 
 log = logging.getLogger("monitoring")
 RETRAINING_LABEL = "app.kubernetes.io/component=retraining"  # on the retrain CronJob's Jobs
@@ -27,7 +30,7 @@ def decide(serving: dict | None, min_rides: int, rejected_at: str | None, cooldo
     joined = perf.get("n_joined", 0)
     if joined < min_rides:
         return {"wanted": False, "reason": f"{' and '.join(reasons)}, but only {joined} rides with actuals "
-                                           f"to learn from (--min-actuals {min_rides})"}  # fmt: skip
+                                           f"to learn from (retraining needs {min_rides:,})"}  # fmt: skip
     if rejected_at:
         until = datetime.fromisoformat(rejected_at.replace("Z", "+00:00")) + cooldown
         if now < until:
@@ -81,9 +84,17 @@ def start_job(cronjob: str, now: datetime) -> str | None:
     return name
 
 
-def trigger(serving: dict | None, settings, model_name: str | None, rejected_at: str | None) -> dict:
+def trigger(serving: dict | None, settings, rejected_at: Callable[[], str | None]) -> dict:
+    """The decision, and the Job it started; the registry is asked about a rejected challenger only when retraining
+    is wanted, and a registry that cannot answer stops the retraining, not the verdicts."""
     now = datetime.now(timezone.utc)
-    decision = decide(serving, settings.min_actuals, rejected_at, settings.retrain_cooldown, now)
+    decision = decide(serving, MIN_RETRAIN_RIDES, None, settings.retrain_cooldown, now)
+    if decision["wanted"]:
+        try:
+            decision = decide(serving, MIN_RETRAIN_RIDES, rejected_at(), settings.retrain_cooldown, now)
+        except Exception as e:
+            decision = {"wanted": False, "reason": f"{decision['reason']}; not started: the registry cannot say when a "
+                                                   f"challenger was last rejected: {str(e).splitlines()[0][:200]}"}  # fmt: skip
     decision["job"] = None
     if not decision["wanted"] or not settings.retrain_cronjob:
         return decision

@@ -25,8 +25,7 @@ class Settings:
         "since the window opened) or a parquet/csv with ride_id and duration", metavar="SRC")  # fmt: skip
     max_rmse_ratio: float = setting("live RMSE over the version's validation RMSE above which live error is degraded",
                                     1.2, type=float)  # fmt: skip
-    min_actuals: int = setting("rides with an actual duration of 1-60 min needed to judge live error or to retrain",
-                               200, type=int)  # fmt: skip
+    min_actuals: int = setting("rides with an actual duration of 1-60 min needed to judge live error", 200, type=int)
     min_rides: int = setting("a version with fewer rides in the window is not judged", 200, type=int)
     false_alarm_rate: float = setting("on windows like the reference's: the calibrated thresholds' rate of false alarms",
                                       0.005, type=float)  # fmt: skip

@@ -10,6 +10,7 @@ import pandas as pd
 
 import ride
 from ride import store
+from ride.registry import MIN_PRODUCTION_RIDES
 from ride.tlc import download
 
 
@@ -83,8 +84,6 @@ def load_month(src: str, data_dir: str | None, cache_dir: str) -> Month:
     serving, learnable = prepare(df, resolved)
     return Month(resolved, hashlib.sha256(raw).hexdigest(), len(df), serving, learnable)
 
-
-MIN_PRODUCTION_RIDES = 200  # on each side of the split, with an actual duration of 1-60 minutes
 
 
 def load_production(logs: str, actuals: str, since, until, validation_share: float) -> tuple[Month, Month]:

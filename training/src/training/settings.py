@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from ride.registry import MODEL_NAME, STAGING
+from ride.registry import MODEL_NAME, STAGING, VALIDATION_SHARE
 from ride.settings import duration, setting, timestamp
 from ride.tlc import CACHE_DIR
 
@@ -35,7 +35,7 @@ class TrainSettings(RegistrySettings):
     since: datetime | None = setting("production rides: window start (ISO-8601, UTC); overrides --window", type=timestamp)
     until: datetime | None = setting("production rides: window end (ISO-8601, UTC; none: now)", type=timestamp)
     validation_share: float = setting("production rides: the newest part of the window (by time) that validates",
-                                      0.2, type=float)  # fmt: skip
+                                      VALIDATION_SHARE, type=float)  # fmt: skip
     experiment: str = setting("MLflow experiment", "nyc-taxi-experiment")
     gate_margin: float = setting(
         "promote only when RMSE is at most (1 - margin) x the alias holder's on the same validation rides; "
