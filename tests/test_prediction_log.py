@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from harness import TcpProxy, metric, read_prediction_logs, run_cli, start_transformer, unique, wait_until
+from local import traffic
 
 PATH = "/v1/models/trip-duration:predict"
 # Short timings; the defaults are in `python -m transformer --help`.
@@ -23,13 +24,22 @@ def ride(ride_id):
     return {"ride_id": ride_id, "ride": {"PULocationID": 100, "DOLocationID": 102, "trip_distance": 3.5}}
 
 
-class Traffic:
-    """Clients sending single rides and 5-ride batches to `url` (which a test may switch), keeping what was accepted."""
+@pytest.fixture(scope="module")
+def dispatched(months) -> list[dict]:
+    """A month's rides as a dispatcher sends them: in pick-up order, unfiltered (meter glitches and all)."""
+    return [traffic.instance(row) for row in traffic.rides(str(months["val"]), 3000).itertuples()]
 
-    def __init__(self, url: str, tag: str, clients: int = 2):
+
+class Traffic:
+    """Clients sending `instances` (each under a ride_id of its own) as single rides and 5-ride batches to `url`
+    (which a test may switch), keeping which rides were scored and which were refused."""
+
+    def __init__(self, url: str, tag: str, instances: list[dict], clients: int = 2):
         self.url = url
         self.tag = tag
-        self.accepted: dict[str, float] = {}  # ride_id -> when its 200 arrived (monotonic)
+        self.instances = instances
+        self.accepted: dict[str, float] = {}  # ride_id -> when its duration arrived (monotonic)
+        self.refused: set[str] = set()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True) for n in range(clients)]
 
@@ -44,18 +54,22 @@ class Traffic:
     def _client(self, n: int) -> None:
         session, i = requests.Session(), 0
         while not self._stop.is_set():
-            ids = [f"{self.tag}-{n}-{i + j}" for j in range(1 if i % 2 else 5)]
-            i += len(ids)
-            body = ride(ids[0]) if len(ids) == 1 else {"instances": [ride(x) for x in ids]}
+            rides = [{**self.instances[(i + j) % len(self.instances)], "ride_id": f"{self.tag}-{n}-{i + j}"}
+                     for j in range(1 if i % 2 else 5)]  # fmt: skip
+            i += len(rides)
             try:
-                r = session.post(self.url + PATH, json=body, timeout=10)
+                r = session.post(self.url + PATH, json=rides[0] if len(rides) == 1 else {"instances": rides}, timeout=10)
             except requests.RequestException:  # the transformer is restarting
                 session = requests.Session()
                 time.sleep(0.05)
                 continue
+            now = time.monotonic()
             if r.status_code == 200:
-                now = time.monotonic()
-                self.accepted.update((x, now) for x in ids)
+                items = r.json()["predictions"] if len(rides) > 1 else [r.json()]
+                self.accepted.update((x["ride_id"], now) for x in items if "error" not in x)
+                self.refused.update(x["ride_id"] for x in items if "error" in x)
+            elif r.status_code == 400:
+                self.refused.add(rides[0]["ride_id"])
             time.sleep(0.02)
 
 
@@ -66,20 +80,21 @@ def s3_proxy(s3):
     proxy.cut()
 
 
-def logged_once(s3, log_uri: str, accepted) -> None:
+def logged_once(s3, log_uri: str, accepted, refused=()) -> None:
     records = read_prediction_logs(s3, log_uri)
+    assert not {r["ride_id"] for r in records} & set(refused), "a refused ride was logged"
     deduplicated = {r["record_id"]: r["ride_id"] for r in records}
     missing = set(accepted) - set(deduplicated.values())
     assert not missing, f"{len(missing)} of {len(accepted)} accepted rides missing from the logs"
     assert Counter(deduplicated.values()) == Counter(list(accepted)), "after dedup by record_id, each ride exactly once"
 
 
-def test_s3_outage_sigterm_and_restart_lose_no_ride(workdir, s3, s3_proxy, predictor, model, tmp_path):
+def test_s3_outage_sigterm_and_restart_lose_no_ride(workdir, s3, s3_proxy, predictor, model, tmp_path, dispatched):
     """Cut S3 under traffic, SIGTERM while it is down, start again on the same spill dir, restore S3: every ride."""
     log_uri = f"s3://predictions/{unique('outage')}"
     env = {**FAST, "AWS_ENDPOINT_URL": s3_proxy.url, "PREDICTION_LOG_SPILL_DIR": str(tmp_path / "spill")}
     first, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"], **env)
-    traffic = Traffic(url, "outage").start()
+    traffic = Traffic(url, "outage", dispatched).start()
     try:
         wait_until(lambda: metric(url, "prediction_log_records_written_total") >= 20, "logs before the outage")
         s3_proxy.cut()
@@ -111,15 +126,16 @@ def test_s3_outage_sigterm_and_restart_lose_no_ride(workdir, s3, s3_proxy, predi
         traffic.stop()
         first.stop()
     assert any(k.startswith("outage-") for k in traffic.accepted) and len(traffic.accepted) > 100
-    logged_once(s3, log_uri, traffic.accepted)
+    logged_once(s3, log_uri, traffic.accepted, traffic.refused)
 
 
-def test_sigkill_during_an_outage_loses_at_most_the_last_flush_interval(workdir, s3, s3_proxy, predictor, model, tmp_path):
+def test_sigkill_during_an_outage_loses_at_most_the_last_flush_interval(workdir, s3, s3_proxy, predictor, model, tmp_path,
+                                                                         dispatched):
     log_uri = f"s3://predictions/{unique('sigkill')}"
     env = {**FAST, "AWS_ENDPOINT_URL": s3_proxy.url, "PREDICTION_LOG_SPILL_DIR": str(tmp_path / "spill")}
     proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"], **env)
     s3_proxy.cut()
-    traffic = Traffic(url, "kill").start()
+    traffic = Traffic(url, "kill", dispatched).start()
     try:
         wait_until(lambda: len(traffic.accepted) >= 300, "300 accepted rides")
         killed_at = time.monotonic()
@@ -155,18 +171,18 @@ def test_sigterm_with_s3_hanging_ends_within_the_budget(workdir, s3, s3_proxy, p
     assert list((tmp_path / "spill").glob("*.jsonl.gz")), "undelivered records stay in the spill directory"
 
 
-def test_sigterm_under_load_flushes_every_accepted_ride(workdir, s3, predictor, model):
+def test_sigterm_under_load_flushes_every_accepted_ride(workdir, s3, predictor, model, dispatched):
     log_uri = f"s3://predictions/{unique('sigterm')}"
     # Long flush interval: without the shutdown flush, most records would still be in memory.
     proc, url = start_transformer(workdir, s3, predictor[1], log_uri, model["version"],
                                   PREDICTION_LOG_FLUSH_SECONDS="60", PREDICTION_LOG_FLUSH_RECORDS="100000")  # fmt: skip
-    traffic = Traffic(url, "sigterm", clients=4).start()
+    traffic = Traffic(url, "sigterm", dispatched, clients=4).start()
     try:
         wait_until(lambda: len(traffic.accepted) >= 200, "200 accepted rides")
         assert proc.stop(signal.SIGTERM, timeout=60) == 0, proc.log()[-3000:]
     finally:
         traffic.stop()
-    logged_once(s3, log_uri, traffic.accepted)
+    logged_once(s3, log_uri, traffic.accepted, traffic.refused)
 
 
 def test_a_spill_directory_that_cannot_be_made_is_one_clear_error(tmp_path):
