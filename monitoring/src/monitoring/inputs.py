@@ -3,6 +3,7 @@ reference of the model version that served them."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -86,7 +87,7 @@ class ReferenceResolver:
     def model_name(self) -> str | None:
         return self.model["name"] if self.model else None
 
-    @property
+    @functools.cached_property
     def pinned_version(self) -> str | None:
         """The one version an alias or version URI names (its logs are judged, others are left out)."""
         if not self.model or not (self.model["alias"] or self.model["version"]):
@@ -106,9 +107,10 @@ class ReferenceResolver:
         return self._client().get_registered_model(self.model["name"]).tags.get(REJECTED_TAG)
 
     def for_version(self, version: str | None) -> Reference:
-        if version not in self._cache:
-            self._cache[version] = self._load(version)
-        return self._cache[version]
+        key = version if self.model else None  # a table is every version's reference: read and calibrated once
+        if key not in self._cache:
+            self._cache[key] = self._load(version)
+        return self._cache[key]
 
     def _client(self):
         import mlflow

@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 
@@ -123,10 +121,7 @@ def write_reports(base: str, until: datetime, summary: dict, versions: list[dict
         where = folder if len(versions) == 1 else store.join(folder, f"version={judged['model_version']}")
         snapshot = drift.evidently_report(reference, rides, test, actual, entry["performance"])
         store.write_bytes(store.join(where, "report.json"), snapshot.json().encode())
-        html = Path(os.environ.get("TMPDIR", "/tmp")) / f"drift-report-{os.getpid()}.html"
-        snapshot.save_html(str(html))
-        store.write_bytes(store.join(where, "report.html"), html.read_bytes())
-        html.unlink()
+        store.write_bytes(store.join(where, "report.html"), snapshot.get_html_str(as_iframe=False).encode())
         if PREDICTION in reference and PREDICTION in rides:
             store.write_bytes(store.join(where, "predictions.png"), drift.prediction_plot(reference, rides))
         entry["report_html"] = store.join(where, "report.html")
