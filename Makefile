@@ -33,6 +33,11 @@ KSERVE_URL := https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSIO
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 # One folder, one environment, one image each.
 COMPONENTS := training tracking transformer monitoring
+# Built by `make images` too: moto's S3 server, which stands in for MinIO where MinIO's image cannot be had.
+IMAGES := $(COMPONENTS) s3
+# Our own base, built from Debian's archive (`make base-image`): `make images PYTHON_IMAGE=$(BASE_IMAGE)`.
+BASE_IMAGE ?= taxi-mlops/python:3.11-bookworm
+DOCKER_BUILD_FLAGS ?=
 ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) local tests)
 LOCAL := local/.venv/bin/python -m local
 PYTEST_ARGS ?=
@@ -70,7 +75,7 @@ down: ## Stop the system started by `make up`
 ##@ On a kind cluster (needs docker, kind, kubectl)
 
 .PHONY: deploy
-deploy: cluster kserve images secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
+deploy: cluster kserve images load secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
 	@echo "==> deployed: run \`make port-forward\` in another terminal, then \`make predict\`, \`make traffic\`, \`make drift\`"
 
 .PHONY: cluster
@@ -106,12 +111,21 @@ kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knat
 	$(KUBECTL) get clusterservingruntime kserve-sklearnserver
 
 .PHONY: images
-images: check-docker check-kind check-tag ## Build the three images tagged TAG (versions.env, or TAG=…) and load them into kind
-	@echo "==> images $(COMPONENTS), tag $(TAG)"
-	@for image in $(COMPONENTS); do \
-		$(DOCKER) build -f $$image/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t taxi-mlops/$$image:$(TAG) .; \
-		$(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); \
+images: check-docker check-tag ## Build the images tagged TAG on PYTHON_IMAGE (versions.env; `make base-image` where no registry serves it)
+	@echo "==> images $(IMAGES), tag $(TAG)"
+	@echo "    on $(PYTHON_IMAGE)"
+	@for image in $(IMAGES); do \
+		echo "--> taxi-mlops/$$image:$(TAG)"; \
+		$(DOCKER) build -f $$image/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t taxi-mlops/$$image:$(TAG) --quiet $(DOCKER_BUILD_FLAGS) . >/dev/null; \
 	done
+
+.PHONY: load
+load: check-docker check-kind check-tag ## Load the images tagged TAG into the kind cluster CLUSTER_NAME (after `make images`)
+	@for image in $(COMPONENTS); do $(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); done
+
+.PHONY: base-image
+base-image: check-docker ## Build BASE_IMAGE, Python 3.11 on Debian bookworm by debootstrap, for machines no registry serves (needs root)
+	base/build $(BASE_IMAGE)
 
 .PHONY: secret
 secret: check-kubectl ## Create MinIO's root credentials and one S3 user's per component (random, per cluster, never in git)
