@@ -24,6 +24,9 @@ add_arguments(parser, Settings)
 def main() -> None:
     settings = read(Settings, parser.parse_args())
     os.environ.setdefault("DO_NOT_TRACK", "1")  # evidently's telemetry
+    # alibi-detect imports Hugging Face's transformers (for its text detectors), which advises at import that no
+    # PyTorch, TensorFlow or Flax is installed: TabularDrift needs none of them.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     startup.start(quiet=("matplotlib", "evidently"))
     import warnings
 

@@ -36,6 +36,9 @@ def main() -> None:
     s = read(Settings, parser.parse_args())
     # Background job execution costs the start a minute (~15 s without); this system runs no MLflow jobs.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # MLflow 3.17's server imports a Starlette module that Starlette now deprecates, warned about at every start; the
+    # server runs in processes MLflow starts, which read their warning filters from the environment.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated:UserWarning")
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")  # this environment's, whatever PATH says
     args = [mlflow, "server", "--backend-store-uri", s.backend_store_uri, "--host", s.host, "--port", str(s.port),
             "--workers", str(s.workers)]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 import tempfile
@@ -108,16 +109,20 @@ def run(settings: TrainSettings) -> dict:
             reference.to_parquet(path, index=False)
             mlflow.log_artifact(str(path), artifact_path=str(Path(REFERENCE_ARTIFACT).parent))
 
-        info = mlflow.sklearn.log_model(
-            sk_model=pipeline,
-            name="model",
-            # KServe's sklearn runtime loads one *.pkl with joblib; skops (MLflow's default) it cannot read.
-            serialization_format="cloudpickle",
-            signature=infer_signature(x_val.head(100), predictions[:100]),
-            input_example=x_val.head(3),
-            pip_requirements=pip_requirements(),
-            registered_model_name=settings.model_name,
-        )
+        # What MLflow writes to stderr meanwhile repeats our own lines ("Successfully registered model …") or is advice
+        # for notebooks: pickle's caution (the sklearn runtime's format), an integer-schema hint, pip's version (the
+        # images have no pip). Our log handler keeps its own stream; MLflow's errors still arrive as exceptions.
+        with contextlib.redirect_stderr(io.StringIO()):
+            info = mlflow.sklearn.log_model(
+                sk_model=pipeline,
+                name="model",
+                # KServe's sklearn runtime loads one *.pkl with joblib; skops (MLflow's default) it cannot read.
+                serialization_format="cloudpickle",
+                signature=infer_signature(x_val.head(100), predictions[:100]),
+                input_example=x_val.head(3),
+                pip_requirements=pip_requirements(),
+                registered_model_name=settings.model_name,
+            )
         version = str(info.registered_model_version)
 
     gate = fair_gate(client, settings.model_name, settings.alias, metrics["rmse"], x_val, y_val, settings.gate_margin)

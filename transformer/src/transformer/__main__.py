@@ -1,7 +1,9 @@
 """`python -m transformer`: kserve's standard flags, plus ours (each also an environment variable)."""
 
 import argparse
+import contextlib
 import logging
+import warnings
 
 import kserve
 from kserve import model_server
@@ -28,6 +30,8 @@ parser.set_defaults(model_name="trip-duration", predictor_protocol="v2", predict
 
 
 def main() -> None:
+    # kserve 0.21's V2 endpoint answers with a response class this FastAPI deprecates, warned about on the first request.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     args, _ = parser.parse_known_args()
     if not args.predictor_host:
         parser.error("--predictor_host HOST:PORT is required (the predictor's V2 endpoint)")
@@ -41,12 +45,32 @@ def main() -> None:
         grace_period=DRAIN_SECONDS, enable_latency_logging=args.enable_latency_logging,
         predictor_config=PredictorConfig(args.predictor_host, args.predictor_protocol, args.predictor_use_ssl,
                                          args.predictor_request_timeout_seconds, args.predictor_request_retries))  # fmt: skip
-    logging.getLogger("transformer").info("serving %s version %s", args.model_name, settings.model_version)
+    # kserve has configured its own loggers by now (its format, its level) and left the root without a handler: ours
+    # write through kserve's, or their INFO lines (the version served, what the log shipped at shutdown) are lost.
+    ours = logging.getLogger("transformer")
+    ours.handlers, ours.propagate = logging.getLogger("kserve").handlers, False
+    ours.setLevel(logging.INFO)
+    ours.info("serving %s version %s", args.model_name, settings.model_version)
     tune(args.event_loop, per_request_logs=args.enable_latency_logging)
+    model = TripDurationTransformer(args.model_name, settings, prediction_log)
+    model_server.app.router.lifespan_context = then(model_server.app.router.lifespan_context, model.close)
     try:
-        server.start([TripDurationTransformer(args.model_name, settings, prediction_log)])
+        server.start([model])
     finally:
         prediction_log.close(budget=settings.prediction_log_shutdown_seconds)
+
+
+def then(lifespan, cleanup):
+    """The app's lifespan, then `cleanup`: uvicorn ends the lifespan once requests have drained, so the predictor's
+    connections close after the last call that needs them (left open, aiohttp reports them as the process exits)."""
+
+    @contextlib.asynccontextmanager
+    async def wrapped(app):
+        async with lifespan(app):
+            yield
+        await cleanup()
+
+    return wrapped
 
 
 if __name__ == "__main__":

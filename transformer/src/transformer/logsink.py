@@ -460,6 +460,8 @@ class PredictionLog:
             self._undelivered = in_memory + spilled
             if in_memory:
                 self._drop(in_memory, "shutdown: the spill directory could not take them")
+            if not self._undelivered:
+                log.info("prediction log: every record delivered (%d written since start)", WRITTEN._value.get())
             if spilled:
                 log.warning("prediction log: %d records not delivered within the %g s shutdown budget; they stay in "
                             "%s and are shipped at the next start on it (lost if the directory is deleted)",

@@ -46,6 +46,10 @@ class TripDurationTransformer(kserve.Model):
             self._predictor = Predictor(config.predictor_base_url, self.name, config.timeout, config.retries)
         return await self._predictor.infer(rides, headers)
 
+    async def close(self) -> None:
+        if self._predictor is not None:
+            await self._predictor.close()
+
     async def predict(self, payload, headers=None):
         items, batch = payload["items"], payload["batch"]
         rides = [item for item in items if isinstance(item, Ride)]

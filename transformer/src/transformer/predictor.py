@@ -56,6 +56,11 @@ class Predictor:
         ssl_context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         return aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(ssl=ssl_context))
 
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
     async def infer(self, rides: Sequence[Ride], headers: dict) -> list[float]:
         if self._session is None:  # created on the running event loop
             self._session = self._open()
