@@ -144,6 +144,19 @@ class S3Endpoint:
         }
 
     def start(self) -> "S3Endpoint":
+        self._launch()
+        wait_until(lambda: self.client().list_buckets() is not None, f"S3 ({self.kind}) at {self.url}", timeout=30)
+        if not self.users:  # first start; a restart finds the buckets and users where it left them
+            self.create_buckets()
+            if self.minio:
+                self._provision_minio()
+            else:
+                self._provision_moto()
+            self._check_enforced()
+        return self
+
+    def _launch(self) -> None:
+        """Start the server (a subclass may run it elsewhere, e.g. in a container, and keep its `stop()`)."""
         if self.minio:
             env = {**os.environ, "MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret_key}
             self._server = Process(
@@ -165,15 +178,6 @@ class S3Endpoint:
             logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
             self._server.start()
-        wait_until(lambda: self.client().list_buckets() is not None, f"S3 ({self.kind}) at {self.url}", timeout=30)
-        if not self.users:  # first start; a restart finds the buckets and users where it left them
-            self.create_buckets()
-            if self.minio:
-                self._provision_minio()
-            else:
-                self._provision_moto()
-            self._check_enforced()
-        return self
 
     def _provision_moto(self) -> None:
         """IAM users with the policy documents, then every request checked (moto's INITIAL_NO_AUTH_ACTION_COUNT,
