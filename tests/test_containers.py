@@ -208,6 +208,9 @@ def system(images, rendered, months, tmp_path_factory):
                    interval=1)  # fmt: skip
 
         workshop = requests.post(url + PREDICT, json=WORKSHOP_RIDE, timeout=30)
+        # A single ride refused: an answer (400, the field named), not a failure to be logged with a traceback.
+        refused = requests.post(url + PREDICT, json={"ride_id": "typo", "ride": {**WORKSHOP_RIDE["ride"], "PULocationID": 0}},
+                                timeout=30)  # fmt: skip
         frame = traffic.rides(str(months[1]), n=REPLAYED)
         replay = traffic.replay(url, frame)
         traffic.write_actuals(maps[config]["ACTUALS_URI"], frame, s3.env_for("dispatcher"))
@@ -219,6 +222,7 @@ def system(images, rendered, months, tmp_path_factory):
         drift_exit = steps["drift"].wait()
         yield {
             "isvc": isvc, "resolved": resolved, "storage_uri": storage_uri, "workshop": workshop, "replay": replay,
+            "refused": refused,
             "transformer_exit": transformer_exit, "logs": logs, "drift_exit": drift_exit, "s3": s3,
             "output": output(steps, workdir), "steps": steps, "maps": maps[config],
         }  # fmt: skip
@@ -293,6 +297,7 @@ def test_the_workshop_ride_is_answered_with_its_ride_id_and_model_version(system
     body = response.json()
     assert body["ride_id"] == "ride_xyz" and body["model_version"] == str(system["resolved"]["version"])
     assert 1 <= body["prediction"]["duration"] <= 120
+    assert system["refused"].status_code == 400 and "PULocationID" in system["refused"].json()["error"]
 
 
 def test_every_scored_ride_is_logged_once_and_refused_ones_never(system):

@@ -12,7 +12,7 @@ from ride.settings import ShowDefaults, add_arguments, read
 
 from transformer.logsink import PredictionLog
 from transformer.middleware import RequestIdAndBodyLimit
-from transformer.model import TripDurationTransformer
+from transformer.model import Refused, TripDurationTransformer, refused_response
 from transformer.predictor import PredictorError, error_response
 from transformer.process import tune
 from transformer.settings import Settings
@@ -39,6 +39,7 @@ def main() -> None:
     prediction_log = PredictionLog.open(args.model_name, settings)
     model_server.app.add_middleware(RequestIdAndBodyLimit, max_body_bytes=settings.max_body_bytes)
     model_server.app.add_exception_handler(PredictorError, error_response)
+    model_server.app.add_exception_handler(Refused, refused_response)
     server = kserve.ModelServer(
         http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
         workers=1,  # the prediction log lives in this process

@@ -19,6 +19,17 @@ SCORED = Counter("rides_scored", "Rides scored and logged")
 REJECTED = Counter("rides_rejected", "Rides refused (400, or an error item in a batch), by the field at fault", ["reason"])
 
 
+class Refused(InvalidInput):
+    """A request refused with 400 and the field at fault: an answer, not a failure, so no traceback in the log
+    (kserve's handler for InvalidInput logs one for every refused ride)."""
+
+
+async def refused_response(_, exc: Refused):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=400, content={"error": str(exc)})
+
+
 class TripDurationTransformer(kserve.Model):
     def __init__(self, name: str, settings: Settings, prediction_log: PredictionLog):
         super().__init__(name)
@@ -32,12 +43,12 @@ class TripDurationTransformer(kserve.Model):
     async def preprocess(self, payload, headers=None):
         if isinstance(payload, (bytes, str)):  # kserve leaves non-JSON content types undecoded
             REJECTED.labels("body").inc()
-            raise InvalidInput("body: send JSON with Content-Type: application/json")
+            raise Refused("body: send JSON with Content-Type: application/json")
         try:
             items, batch = parse_request(payload, self.settings.max_batch_size)
         except RequestError as e:
             REJECTED.labels(e.reason).inc()
-            raise InvalidInput(str(e)) from None
+            raise Refused(str(e)) from None
         return {"items": items, "batch": batch}
 
     async def _call(self, rides: list[Ride], headers: dict) -> list[float]:
