@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NAMESPACE = "taxi-mlops"
+# Debian installs dockerd and debootstrap in /usr/sbin, which the PATH of a non-login shell may lack.
+for _sbin in ("/usr/sbin", "/sbin"):
+    if _sbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + _sbin
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
