@@ -194,9 +194,10 @@ class Pods:
         raise NotImplementedError(f"volume {name}: {spec}")
 
     def run_args(self, pod: dict, container: dict, name: str, *, aliases=(), claims=None, publish=(),
-                 args=None, env=None) -> list[str]:  # fmt: skip
-        """`docker run` arguments for one container of `pod`; `args` replaces the container's (what a controller
-        would pass), `env` adds variables after the pod's."""
+                 args=None, env=None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+        """`docker run` arguments for one container of `pod`, and the variables they name (passed through the
+        environment of `docker run`); `args` replaces the container's (what a controller would pass), `env` adds
+        variables after the pod's."""
         security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
         user, group = security.get("runAsUser"), security.get("runAsGroup", security.get("runAsUser"))
         assert user not in (None, 0) or not security.get("runAsNonRoot"), f"{name}: runAsNonRoot without a user"
@@ -233,13 +234,12 @@ class Pods:
         out.append(container["image"])
         out += [expand(a, variables) for a in (command or [])[1:]]
         out += [expand(str(a), variables) for a in (container.get("args", []) if args is None else args)]
-        self._env = variables
-        return out
+        return out, variables
 
     def run(self, pod: dict, container: dict, name: str, **kw) -> "Container":
-        argv = self.run_args(pod, container, name, **kw)
+        argv, variables = self.run_args(pod, container, name, **kw)
         docker("rm", "--force", name, check=False)
-        docker(*argv, env={**os.environ, **self._env})
+        docker(*argv, env={**os.environ, **variables})
         self.started.append(name)
         return Container(name, pod.get("terminationGracePeriodSeconds", 30))
 
