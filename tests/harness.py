@@ -33,6 +33,13 @@ from local.proxy import TcpProxy  # noqa: F401  (re-exported for the tests)
 from local.synthetic import synthetic_month  # noqa: F401
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "nyc-tlc"
+VERSIONS = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
+                if "=" in line and not line.startswith("#"))  # fmt: skip
+# The binaries cluster/build makes (`make test` runs it), cached by version outside the repository.
+CLUSTER_CACHE = Path(os.environ.get("TAXI_MLOPS_CACHE", Path.home() / ".cache" / "taxi-mlops"))
+K8S_BIN = CLUSTER_CACHE / f"k8s-{VERSIONS['K8S_VERSION']}" / "bin"
+# The pinned kubectl cluster/build made; a machine's own only where that could not be built (no Go toolchain).
+KUBECTL = str(K8S_BIN / "kubectl") if (K8S_BIN / "kubectl").exists() else "kubectl"
 
 
 @dataclass

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from harness import ROOT, SHARED_DATA, S3Endpoint, component_python, free_port, read_prediction_logs, synthetic_month, wait_until
+from harness import KUBECTL, ROOT, SHARED_DATA, S3Endpoint, component_python, free_port, read_prediction_logs, synthetic_month, wait_until
 from local import traffic
 from pods import NAMESPACE, Container, Engine, EngineError, Pods, apt_install, configmaps, docker, find, pod_of
 
@@ -128,7 +128,7 @@ def rendered(tmp_path_factory):
     """What `make apply` applies (the kind overlay, tagged TAG)."""
     build = tmp_path_factory.mktemp("build")
     make("overlay", f"BUILD_DIR={build}", f"TAG={TAG}")
-    out = subprocess.run(["kubectl", "kustomize", str(build / "overlay")], capture_output=True, text=True, check=True)
+    out = subprocess.run([KUBECTL, "kustomize", str(build / "overlay")], capture_output=True, text=True, check=True)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import ROOT, component_python
+from harness import KUBECTL, ROOT, component_python
 
 SCHEMAS = ROOT.parent / "shared" / "schemas" / "kserve"
 OVERLAYS = sorted(p.parent for p in (ROOT / "manifests" / "overlays").glob("*/kustomization.yaml"))
@@ -26,7 +26,7 @@ TAG = "t-123"  # not versions.env's: a tag that reaches every image reference ca
 
 
 def kustomize(path: Path) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
