@@ -131,14 +131,17 @@ kserve: check-kubectl ## Install cert-manager and KServe (Standard mode, no Knat
 # CRD does not declare): LLM serving only, which this project does not use. That refusal is named and let through;
 # any other error stops make.
 define apply-cluster-resources
-mkdir -p $(BUILD_DIR); echo "$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_RELEASE)/kserve-cluster-resources.yaml"; \
-if ! $(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_RELEASE)/kserve-cluster-resources.yaml 2>$(BUILD_DIR)/kserve-apply.err; then \
-	if grep -v 'kserve-config-llm-tokenizer.*\.spec\.router\.scheduler\.tokenizer: field not declared in schema' $(BUILD_DIR)/kserve-apply.err; then \
-		rm -f $(BUILD_DIR)/kserve-apply.err; exit 1; \
-	fi; \
+err=$$(mktemp); echo "$(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_RELEASE)/kserve-cluster-resources.yaml"; \
+if $(KUBECTL) apply --server-side --force-conflicts -f $(KSERVE_RELEASE)/kserve-cluster-resources.yaml 2>$$err; then \
+	cat $$err >&2; \
+elif grep -q "$(KNOWN_REFUSAL)" $$err && ! grep -v "$(KNOWN_REFUSAL)" $$err | grep -v '^Warning:' | grep -q .; then \
+	grep '^Warning:' $$err >&2 || true; \
 	echo "warning: upstream's LLMInferenceServiceConfig kserve-config-llm-tokenizer refused by v0.20.0's own CRD (spec.router.scheduler.tokenizer): LLM serving only, not used here"; \
-fi; rm -f $(BUILD_DIR)/kserve-apply.err
+else \
+	cat $$err >&2; rm -f $$err; exit 1; \
+fi; rm -f $$err
 endef
+KNOWN_REFUSAL := kserve-config-llm-tokenizer.*\.spec\.router\.scheduler\.tokenizer: field not declared in schema
 
 # What differs between providers in `make kserve`: on kind cert-manager itself, and the controllers' Deployments;
 # from source a stand-in for cert-manager and the controllers as processes (cluster/source says how and why).
@@ -216,7 +219,8 @@ apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and user
 	@echo "==> manifests $(OVERLAY), tag $(TAG)"
 	$(KUBECTL) delete job minio-setup -n $(NAMESPACE) --ignore-not-found
 	$(KUBECTL) apply -k $(TAGGED_OVERLAY)
-	@if [ -z "$$($(KUBECTL) get nodes -o name)" ]; then \
+	@nodes=$$($(KUBECTL) get nodes -o name); \
+	if [ -z "$$nodes" ]; then \
 		echo "no node registered: not waiting for deployment/minio, deployment/mlflow, job/minio-setup"; \
 	else \
 		$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s; \
@@ -318,11 +322,12 @@ fi
 endef
 
 # Every CRD Established. A CRD created a moment ago has no status yet, and `kubectl wait --for=condition=…` then fails
-# at once (".status.conditions accessor error") instead of waiting; a jsonpath wait on a missing field waits. The API
-# server writes the accepted names and the conditions together: wait for the first, then for Established.
+# at once (".status.conditions accessor error") instead of waiting: that error alone is tried again, for up to 30 s.
 define wait-crds
-$(KUBECTL) wait --for=jsonpath='{.status.acceptedNames.kind}' crd --all --timeout=120s >/dev/null
-$(KUBECTL) wait --for=condition=Established crd --all --timeout=120s
+err=$$(mktemp); for attempt in $$(seq 30); do \
+	if $(KUBECTL) wait --for=condition=Established crd --all --timeout=120s 2>$$err; then break; fi; \
+	if grep -q 'accessor error' $$err && [ $$attempt -lt 30 ]; then sleep 1; else cat $$err >&2; rm -f $$err; exit 1; fi; \
+done; rm -f $$err
 endef
 
 .PHONY: check-docker check-kind check-kubectl check-tag
@@ -364,7 +369,7 @@ test: setup ## Run the whole test suite (unit tests per component, then the blac
 # proxy refuses a module (exit 2), one line says so and the source-cluster tier skips itself.
 define build-source-cluster
 if ! command -v go >/dev/null; then \
-	echo "==> no Go toolchain: the source-built cluster (cluster/build) is skipped, and its test tier with it"; \
+	echo "==> no Go toolchain: cluster/build skipped (the source-cluster tier runs only if its binaries are cached)"; \
 else \
 	echo "==> cluster/build (Kubernetes $(K8S_VERSION), etcd $(ETCD_VERSION), KServe $(KSERVE_VERSION); nothing when cached)"; \
 	status=0; cluster/build || status=$$?; \

@@ -33,7 +33,8 @@ from test_security import GRANTS
 pytestmark = pytest.mark.source_cluster
 
 NAMESPACE, NAME = "taxi-mlops", "trip-duration"
-UPSTREAM = ROOT.parent / "shared" / "upstream" / "kserve-v0.20.0"
+KSERVE = VERSIONS["KSERVE_VERSION"]
+UPSTREAM = ROOT.parent / "shared" / "upstream" / f"kserve-{KSERVE}"
 BINARIES = [CACHE / f"k8s-{VERSIONS['K8S_VERSION']}" / "bin" / b for b in
             ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")] + [
     CACHE / f"etcd-{VERSIONS['ETCD_VERSION']}" / "bin" / "etcd",
@@ -179,7 +180,7 @@ def test_kserves_controller_makes_deployments_and_services_from_our_render(clust
     assert ours["securityContext"].items() <= transformer["securityContext"].items()
     assert pod_spec["securityContext"] == wanted["spec"]["transformer"]["securityContext"]
     (predictor,) = cluster.get(f"deployment/{NAME}-predictor")["spec"]["template"]["spec"]["containers"]
-    assert predictor["image"] == "kserve/sklearnserver:v0.20.0"  # the ClusterServingRuntime's, from upstream's file
+    assert predictor["image"] == f"kserve/sklearnserver:{KSERVE}"  # the ClusterServingRuntime's, from upstream's file
     assert f"--model_name={NAME}" in predictor["args"]
     assert wanted["spec"]["predictor"]["model"]["securityContext"].items() <= predictor["securityContext"].items()
 
@@ -192,7 +193,7 @@ def test_the_pod_webhook_injects_the_storage_initializer_with_kserve_s3s_credent
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     assert pod["spec"]["serviceAccountName"] == "kserve-s3" and pod["spec"]["automountServiceAccountToken"] is False
     (init,) = pod["spec"]["initContainers"]
-    assert (init["name"], init["image"], init["args"]) == ("storage-initializer", "kserve/storage-initializer:v0.20.0", [STORAGE_URI, "/mnt/models"])  # fmt: skip
+    assert (init["name"], init["image"], init["args"]) == ("storage-initializer", f"kserve/storage-initializer:{KSERVE}", [STORAGE_URI, "/mnt/models"])  # fmt: skip
     env = env_of(init)
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-predictor", "key": "AWS_ACCESS_KEY_ID"}}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-predictor", "key": "AWS_SECRET_ACCESS_KEY"}}
