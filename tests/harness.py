@@ -33,6 +33,7 @@ from local.proxy import TcpProxy  # noqa: F401  (re-exported for the tests)
 from local.synthetic import synthetic_month  # noqa: F401
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "nyc-tlc"
+UPSTREAM = ROOT.parent / "shared" / "upstream"  # KServe's release files, one folder per version
 VERSIONS = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
                 if "=" in line and not line.startswith("#"))  # fmt: skip
 # The binaries cluster/build makes (`make test` runs it), cached by version outside the repository.

@@ -28,14 +28,12 @@ import pytest
 import requests
 import yaml
 
-from harness import KUBECTL, ROOT, SHARED_DATA, S3Endpoint, component_python, free_port, read_prediction_logs, synthetic_month, wait_until
+from harness import KUBECTL, ROOT, SHARED_DATA, VERSIONS, S3Endpoint, component_python, free_port, read_prediction_logs, synthetic_month, wait_until
 from local import traffic
 from pods import NAMESPACE, Container, Engine, EngineError, Pods, apt_install, configmaps, docker, find, pod_of
 
 pytestmark = pytest.mark.containers
 
-VERSIONS = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
-                if line and not line.startswith("#"))  # fmt: skip
 TAG = VERSIONS["TAG"]
 IMAGES = sorted(p.parent.name for p in ROOT.glob("*/Dockerfile"))  # one folder per image, as `make images` builds
 BASE_IMAGE = "taxi-mlops/python:3.11-bookworm"

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, USERS
+from harness import ROOT, USERS, VERSIONS
 
-VERSIONS = dict(re.findall(r"^(\w+)=(\S+)$", (ROOT / "versions.env").read_text(), re.M))
 
 KUBECTL = r"""#!/usr/bin/env bash
 # Stand-in kubectl: the Job ends as $JOB_ENDS (complete, failed, or never); every call is recorded.

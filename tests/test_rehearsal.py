@@ -19,12 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, USERS, component_python
+from harness import ROOT, UPSTREAM, USERS, VERSIONS, component_python
 from rehearsal import ApiServer, calls, cert_manager_release, load, replay
 from test_manifests import TAG, kustomize
 
-VERSIONS = dict(re.findall(r"^(\w+)=(\S+)$", (ROOT / "versions.env").read_text(), re.M))
-UPSTREAM = ROOT.parent / "shared" / "upstream"
 # The sequence `make deploy` ran before the install order was fixed: `make -n deploy` at commit cff6e85.
 BEFORE = (Path(__file__).parent / "recorded" / "make-n-deploy.before.txt").read_text()
 # What `make secret` creates: MinIO's root, and one per component's S3 user (one per policy document).

@@ -21,20 +21,21 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from harness import CLUSTER_CACHE as CACHE
-from harness import KUBECTL, ROOT, VERSIONS, component_python
+from harness import KUBECTL, ROOT, VERSIONS, component_python, wait_until
+from harness import UPSTREAM as RELEASES
+from test_manifests import render_isvc
 from test_security import GRANTS
 
 pytestmark = pytest.mark.source_cluster
 
 NAMESPACE, NAME = "taxi-mlops", "trip-duration"
 KSERVE = VERSIONS["KSERVE_VERSION"]
-UPSTREAM = ROOT.parent / "shared" / "upstream" / f"kserve-{KSERVE}"
+UPSTREAM = RELEASES / f"kserve-{KSERVE}"
 BINARIES = [CACHE / f"k8s-{VERSIONS['K8S_VERSION']}" / "bin" / b for b in
             ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")] + [
     CACHE / f"etcd-{VERSIONS['ETCD_VERSION']}" / "bin" / "etcd",
@@ -73,15 +74,6 @@ class Cluster:
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         return Path(out.strip())
 
-    def wait(self, what: str, condition, seconds: float = 60):
-        deadline = time.monotonic() + seconds
-        while not (result := condition()):
-            assert time.monotonic() < deadline, f"{what}: not within {seconds:.0f} s"
-            time.sleep(1)
-        return result
-
-    def log(self, process: str) -> str:
-        return (self.state / "logs" / f"{process}.log").read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +104,8 @@ def deploy(cluster: Cluster, account: str = "training", timeout: float = 20, **e
     )  # fmt: skip
 
 
-def render(**env) -> dict:
-    out = subprocess.run(
-        [component_python("training"), "-m", "training", "render-isvc", "--storage-uri", STORAGE_URI, "--model-version", "3"],
-        env={"PATH": "/usr/bin:/bin", "TRANSFORMER_IMAGE": f"taxi-mlops/transformer:{TAG}", **env},
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    import yaml
-
-    return yaml.safe_load(out)
+def render() -> dict:
+    return render_isvc(STORAGE_URI, "3", TRANSFORMER_IMAGE=f"taxi-mlops/transformer:{TAG}")
 
 
 def apply_manifest(cluster: Cluster, manifest: dict) -> subprocess.CompletedProcess:
@@ -135,8 +120,7 @@ def apply_manifest(cluster: Cluster, manifest: dict) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def deployed(cluster):
-    result = deploy(cluster)
-    return result
+    return deploy(cluster)
 
 
 def owned_by(obj: dict, kind: str, uid: str) -> bool:
@@ -188,7 +172,7 @@ def test_kserves_controller_makes_deployments_and_services_from_our_render(clust
 def test_the_pod_webhook_injects_the_storage_initializer_with_kserve_s3s_credentials(cluster, deployed):
     """The ReplicaSet controller creates the pod; KServe's pod mutator (a webhook called by the API server) adds the
     storage initializer with the S3 settings and keys of the ServiceAccount kserve-s3's Secret."""
-    pods = cluster.wait("predictor pod", lambda: cluster.get("pods", "-l", f"component=predictor,serving.kserve.io/inferenceservice={NAME}")["items"])  # fmt: skip
+    pods = wait_until(lambda: cluster.get("pods", "-l", f"component=predictor,serving.kserve.io/inferenceservice={NAME}")["items"], "predictor pod", interval=1)  # fmt: skip
     (pod,) = pods
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     assert pod["spec"]["serviceAccountName"] == "kserve-s3" and pod["spec"]["automountServiceAccountToken"] is False
@@ -217,8 +201,9 @@ def test_a_second_render_without_a_key_loses_it_on_the_server(cluster, deployed)
     assert "not rolled out" in result.stderr, result.stderr
     isvc_env = env_of(cluster.get(f"inferenceservice/{NAME}")["spec"]["transformer"]["containers"][0])
     assert "PREDICTION_LOG_SPILL_DIR" not in isvc_env and "PREDICTION_LOG_URI" in isvc_env
-    cluster.wait("the transformer Deployment without the dropped variable", lambda: "PREDICTION_LOG_SPILL_DIR" not in env_of(
-        cluster.get(f"deployment/{NAME}-transformer")["spec"]["template"]["spec"]["containers"][0]))  # fmt: skip
+    wait_until(lambda: "PREDICTION_LOG_SPILL_DIR" not in env_of(
+        cluster.get(f"deployment/{NAME}-transformer")["spec"]["template"]["spec"]["containers"][0]),
+        "the transformer Deployment without the dropped variable", interval=1)  # fmt: skip
     assert deploy(cluster, timeout=0).returncode != 0  # the full render again, for what follows
     assert "PREDICTION_LOG_SPILL_DIR" in env_of(cluster.get(f"inferenceservice/{NAME}")["spec"]["transformer"]["containers"][0])
 
@@ -264,7 +249,7 @@ def test_jobs_from_the_cronjobs_belong_to_the_real_controllers(cluster):
     assert second.stdout.strip().splitlines()[-1] == "None", second.stderr  # the first is still running (Pending)
     for job in ("training-now", name):
         uid = cluster.get(f"job/{job}")["metadata"]["uid"]
-        cluster.wait(f"job/{job}'s pod", lambda: [p for p in cluster.get("pods")["items"] if owned_by(p, "Job", uid)])
+        wait_until(lambda: [p for p in cluster.get("pods")["items"] if owned_by(p, "Job", uid)], f"job/{job}'s pod", interval=1)
 
 
 def can_i(cluster: Cluster, account: str) -> dict[tuple, set[str]]:
@@ -300,6 +285,6 @@ def test_undeploy_leaves_the_rest_to_the_garbage_collector_and_keeps_the_data(cl
     def left() -> list[str]:
         out = cluster.kubectl("get", "deployments,replicasets,services,jobs,pods", "-n", NAMESPACE, "-o", "name").stdout
         return out.split()
-    cluster.wait("the InferenceService's and the CronJobs' objects collected", lambda: not left(), 120)
+    wait_until(lambda: not left(), "the InferenceService's and the CronJobs' objects collected", 120, interval=1)
     kept = cluster.kubectl("get", "pvc,secrets", "-n", NAMESPACE, "-o", "name").stdout.split()
     assert {"persistentvolumeclaim/minio-data", "persistentvolumeclaim/mlflow-db", "secret/minio-root", "secret/s3-predictor"} <= set(kept)  # fmt: skip
