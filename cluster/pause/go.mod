@@ -1,0 +1,3 @@
+module taxi-mlops/cluster/pause
+
+go 1.26
