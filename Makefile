@@ -8,15 +8,19 @@ SHELL := /usr/bin/env bash
 include versions.env
 
 PYTHON ?= python3
-# Where the cluster comes from: kind (a node image, needs docker and a registry), or source: a control plane and
-# KServe's controllers built from Go modules on this machine (`cluster/build`, `cluster/source`; no pods run yet).
+# Where the cluster comes from: kind (a node image, needs docker and a registry), or source: Kubernetes, CoreDNS and
+# KServe's controllers built from Go modules on this machine and run on one node of Debian's containerd
+# (`cluster/build`, `cluster/source`; root). SOURCE_NODE=no: the control plane alone, no pods run.
 PROVIDER ?= kind
+SOURCE_NODE ?= yes
 TAXI_MLOPS_CACHE ?= $(HOME)/.cache/taxi-mlops
 # cluster/source's state: certificates, etcd's data, logs, the admin kubeconfig.
 SOURCE_CLUSTER_DIR ?= $(CURDIR)/.local/cluster
 export TAXI_MLOPS_CACHE SOURCE_CLUSTER_DIR
 ifeq ($(PROVIDER),source)
 KUBECTL ?= $(TAXI_MLOPS_CACHE)/k8s-$(K8S_VERSION)/bin/kubectl --kubeconfig $(SOURCE_CLUSTER_DIR)/kubeconfig
+# What differs from kind (MinIO's and the sklearn runtime's stand-ins) is in this overlay, on top of kind's.
+OVERLAY ?= manifests/overlays/source
 else ifeq ($(PROVIDER),kind)
 KUBECTL ?= kubectl
 else
@@ -37,8 +41,10 @@ OVERLAY_FROM_TAGGED = $(shell $(PYTHON) -c 'import os, sys; print(os.path.relpat
 
 LOCAL_PORT ?= 8080
 # Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
+# With DATA_DIR set, `make deploy` uploads that folder's months and a YYYY-MM names the uploaded one.
 TRAIN_DATA ?= 2022-01
 VAL_DATA ?= 2022-02
+data-uri = $(if $(and $(DATA_DIR),$(if $(findstring /,$(1)),,month)),s3://data/green_tripdata_$(1).parquet,$(1))
 # The fair gate's margin for `make train`: a negative one lets a worse model through (to serve an older one on purpose).
 GATE_MARGIN ?= 0.01
 CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
@@ -47,12 +53,18 @@ KSERVE_RELEASE ?= https://github.com/kserve/kserve/releases/download/$(KSERVE_VE
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 # One folder, one environment, one image each.
 COMPONENTS := training tracking transformer monitoring
-# Built by `make images` too: moto's S3 server, which stands in for MinIO where MinIO's image cannot be had.
+# Built by `make images` too: moto's S3 server, which stands in for MinIO where MinIO's image cannot be had; from
+# source, the storage initializer KServe injects (no registry serves upstream's), tagged with its name too.
 IMAGES := $(COMPONENTS) s3
+ifeq ($(PROVIDER),source)
+IMAGES += storage-initializer
+STORAGE_INITIALIZER_IMAGE := kserve/storage-initializer:$(KSERVE_VERSION)
+endif
 # Our own base, built from Debian's archive (`make base-image`): `make images PYTHON_IMAGE=$(BASE_IMAGE)`.
 BASE_IMAGE ?= taxi-mlops/python:3.11-bookworm
 DOCKER_BUILD_FLAGS ?=
-ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) local tests)
+# Every environment `make setup` syncs; the stand-ins' images (s3, storage-initializer) have their own.
+ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) s3 storage-initializer local tests)
 LOCAL := local/.venv/bin/python -m local
 PYTEST_ARGS ?=
 
@@ -89,15 +101,15 @@ down: ## Stop the system started by `make up`
 ##@ On a cluster (kind: needs docker, kind, kubectl; PROVIDER=source: built here, see cluster/source)
 
 .PHONY: deploy
-deploy: cluster kserve images load secret apply train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
+deploy: cluster kserve images load secret apply $(if $(DATA_DIR),upload-data) train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
 	@echo "==> deployed: run \`make port-forward\` in another terminal, then \`make predict\`, \`make traffic\`, \`make drift\`"
 
 .PHONY: cluster
 ifeq ($(PROVIDER),source)
-cluster: ## Start the cluster (kind: CLUSTER_NAME from the pinned node image; source: build the binaries if missing, start the control plane); idempotent
-	@echo "==> control plane from source (Kubernetes $(K8S_VERSION), etcd $(ETCD_VERSION))"
+cluster: ## Start the cluster (kind: CLUSTER_NAME from the pinned node image; source: build the binaries if missing, start the control plane and the node); idempotent
+	@echo "==> cluster from source (Kubernetes $(K8S_VERSION), etcd $(ETCD_VERSION)$(if $(filter no,$(SOURCE_NODE)),, and a node))"
 	cluster/build
-	cluster/source up
+	cluster/source up$(if $(filter no,$(SOURCE_NODE)), --no-node)
 else
 cluster: check-kind
 	@echo "==> kind cluster $(CLUSTER_NAME)"
@@ -175,10 +187,16 @@ images: check-docker check-tag ## Build the images tagged TAG on PYTHON_IMAGE (v
 		echo "--> taxi-mlops/$$image:$(TAG)"; \
 		$(DOCKER) build -f $$image/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t taxi-mlops/$$image:$(TAG) --quiet $(DOCKER_BUILD_FLAGS) . >/dev/null; \
 	done
+	$(if $(STORAGE_INITIALIZER_IMAGE),$(DOCKER) tag taxi-mlops/storage-initializer:$(TAG) $(STORAGE_INITIALIZER_IMAGE))
 
 .PHONY: load
-load: check-docker check-kind check-tag ## Load the images tagged TAG into the kind cluster CLUSTER_NAME (after `make images`)
+ifeq ($(PROVIDER),source)
+load: check-docker check-tag ## Load the images tagged TAG into the cluster (kind: CLUSTER_NAME; source: the node's containerd) (after `make images`)
+	cluster/source load $(foreach image,$(IMAGES),taxi-mlops/$(image):$(TAG)) $(STORAGE_INITIALIZER_IMAGE)
+else
+load: check-docker check-kind check-tag
 	@for image in $(COMPONENTS); do $(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); done
+endif
 
 .PHONY: base-image
 base-image: check-docker ## Build BASE_IMAGE, Python 3.11 on Debian bookworm by debootstrap, for machines no registry serves (needs root)
@@ -211,7 +229,7 @@ overlay: check-tag ## Write BUILD_DIR/overlay: OVERLAY with every image tagged T
 	@printf '%s\n' '# Written by `make overlay` from TAG; not in git.' \
 		'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
 		'resources: [$(OVERLAY_FROM_TAGGED)]' 'images:' \
-		$(foreach image,$(COMPONENTS),'  - {name: taxi-mlops/$(image), newTag: "$(TAG)"}') \
+		$(foreach image,$(IMAGES),'  - {name: taxi-mlops/$(image), newTag: "$(TAG)"}') \
 		> $(TAGGED_OVERLAY)/kustomization.yaml
 
 .PHONY: apply
@@ -229,9 +247,9 @@ apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and user
 
 .PHONY: train
 train: check-kubectl ## Run a training Job on TRAIN_DATA/VAL_DATA (GATE_MARGIN): register, gate @staging, roll the InferenceService
-	@echo "==> training Job on $(TRAIN_DATA) / $(VAL_DATA) (logs: kubectl logs -n $(NAMESPACE) job/training -c train -f)"
-	$(KUBECTL) create configmap training-data -n $(NAMESPACE) --from-literal=TRAIN_DATA=$(TRAIN_DATA) \
-		--from-literal=VAL_DATA=$(VAL_DATA) --from-literal=GATE_MARGIN=$(GATE_MARGIN) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	@echo "==> training Job on $(call data-uri,$(TRAIN_DATA)) / $(call data-uri,$(VAL_DATA)) (logs: kubectl logs -n $(NAMESPACE) job/training -c train -f)"
+	$(KUBECTL) create configmap training-data -n $(NAMESPACE) --from-literal=TRAIN_DATA=$(call data-uri,$(TRAIN_DATA)) \
+		--from-literal=VAL_DATA=$(call data-uri,$(VAL_DATA)) --from-literal=GATE_MARGIN=$(GATE_MARGIN) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(call job-from-cronjob,training,train,1800)
 
 .PHONY: rollback
@@ -293,14 +311,33 @@ clean: check-kind
 	rm -rf $(BUILD_DIR)
 endif
 
+# The e2e suite's kubectl is the cluster's: from source, the built one with the cluster's kubeconfig.
+ifeq ($(PROVIDER),source)
+E2E_ENV := KUBECONFIG=$(SOURCE_CLUSTER_DIR)/kubeconfig PATH=$(TAXI_MLOPS_CACHE)/k8s-$(K8S_VERSION)/bin:$$PATH
+endif
 .PHONY: e2e
-e2e: setup ## End-to-end tests on a real kind cluster (skipped with the reason when docker or kind are missing)
-	cd tests && .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py
+e2e: setup ## End-to-end tests on the real cluster `make deploy` made (kind, or PROVIDER=source); on failure, `make diagnose`
+	@cd tests && PROVIDER=$(PROVIDER) $(E2E_ENV) .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py \
+		|| { $(MAKE) --no-print-directory -C $(CURDIR) diagnose; exit 1; }
+
+.PHONY: diagnose
+diagnose: check-kubectl ## Print every pod of taxi-mlops and kserve (state, end of describe, all logs) and the last 100 events
+	@for namespace in $(NAMESPACE) kserve; do \
+		$(KUBECTL) get pods -n "$$namespace" -o wide || true; \
+		for pod in $$($(KUBECTL) get pods -n "$$namespace" -o name 2>/dev/null); do \
+			echo "--- $$namespace/$$pod"; \
+			$(KUBECTL) describe -n "$$namespace" "$$pod" | tail -n 30 || true; \
+			$(KUBECTL) logs -n "$$namespace" "$$pod" --all-containers --prefix --tail=-1 || true; \
+		done; \
+	done
+	@$(KUBECTL) get events -A --sort-by=.lastTimestamp | tail -n 100 || true
 
 # $(call minio-as,SECRET,KEY_ID_FIELD,SECRET_FIELD): for the rest of the recipe line, the cluster's MinIO on a local
 # port (a port-forward that ends with the line) with the S3 keys from that Secret in the AWS_* variables.
 define minio-as
-$(KUBECTL) port-forward -n $(NAMESPACE) service/minio 19000:9000 >/dev/null & pf=$$!; trap "kill $$pf" EXIT; \
+$(KUBECTL) port-forward -n $(NAMESPACE) service/minio 19000:9000 >/dev/null & pf=$$!; trap "kill $$pf 2>/dev/null" EXIT; \
+for attempt in $$(seq 50); do kill -0 $$pf 2>/dev/null && ! (: </dev/tcp/127.0.0.1/19000) 2>/dev/null || break; sleep 0.2; done; \
+kill -0 $$pf 2>/dev/null || { echo "kubectl port-forward to service/minio failed (above)" >&2; exit 1; }; \
 export AWS_ENDPOINT_URL=http://localhost:19000 \
 	AWS_ACCESS_KEY_ID=$$($(KUBECTL) get secret $(1) -n $(NAMESPACE) -o jsonpath='{.data.$(2)}' | base64 -d) \
 	AWS_SECRET_ACCESS_KEY=$$($(KUBECTL) get secret $(1) -n $(NAMESPACE) -o jsonpath='{.data.$(3)}' | base64 -d)
@@ -356,7 +393,7 @@ setup: ## Install uv if missing and sync every environment from its lock file
 .PHONY: test
 test: setup ## Run the whole test suite (unit tests per component, then the black-box tests); builds the source cluster's binaries when missing
 	@$(build-source-cluster)
-	@for component in ride $(COMPONENTS); do \
+	@for component in ride $(COMPONENTS) s3 storage-initializer; do \
 		if [ -d $$component/tests ]; then \
 			echo "==> unit tests: $$component"; \
 			$$component/.venv/bin/python -m pytest -q $$component/tests; \

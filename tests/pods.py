@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import VERSIONS
+
 NAMESPACE = "taxi-mlops"
 # Debian installs dockerd and debootstrap in /usr/sbin, which the PATH of a non-login shell may lack.
 for _sbin in ("/usr/sbin", "/sbin"):
@@ -102,6 +104,23 @@ class Engine:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+BASE_IMAGE = "taxi-mlops/python:3.11-bookworm"
+
+
+def python_base(make) -> str:
+    """The base `make images` builds on: versions.env's PYTHON_IMAGE when it can be had, else our Debian base
+    (`make base-image`, built once and kept by the engine). MAKE runs a target of this repository."""
+    from harness import VERSIONS
+
+    base = VERSIONS["PYTHON_IMAGE"]
+    if docker("image", "inspect", base, check=False).returncode and docker("pull", base, check=False).returncode:
+        if not shutil.which("debootstrap"):
+            apt_install("debootstrap")
+        make("base-image", f"BASE_IMAGE={BASE_IMAGE}")
+        base = BASE_IMAGE
+    return base
 
 
 def quantity(value: str) -> float:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -30,13 +29,12 @@ import yaml
 
 from harness import KUBECTL, ROOT, SHARED_DATA, VERSIONS, S3Endpoint, component_python, free_port, read_prediction_logs, synthetic_month, wait_until
 from local import traffic
-from pods import NAMESPACE, Container, Engine, EngineError, Pods, apt_install, configmaps, docker, find, pod_of
+from pods import NAMESPACE, Container, Engine, EngineError, Pods, configmaps, docker, find, pod_of, python_base
 
 pytestmark = pytest.mark.containers
 
 TAG = VERSIONS["TAG"]
 IMAGES = sorted(p.parent.name for p in ROOT.glob("*/Dockerfile"))  # one folder per image, as `make images` builds
-BASE_IMAGE = "taxi-mlops/python:3.11-bookworm"
 PREDICT = "/v1/models/trip-duration:predict"
 WORKSHOP_RIDE = {"ride_id": "ride_xyz", "ride": {"PULocationID": 100, "DOLocationID": 102, "trip_distance": 30}}
 REPLAYED = 3000
@@ -91,12 +89,7 @@ def engine(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(engine):
     """`make images` from this clone, on versions.env's base when it can be had, else on our Debian base."""
-    base = VERSIONS["PYTHON_IMAGE"]
-    if docker("image", "inspect", base, check=False).returncode and docker("pull", base, check=False).returncode:
-        if not shutil.which("debootstrap"):
-            apt_install("debootstrap")
-        make("base-image", f"BASE_IMAGE={BASE_IMAGE}")
-        base = BASE_IMAGE
+    base = python_base(make)
     started = time.monotonic()
     make("images", f"PYTHON_IMAGE={base}", f"TAG={TAG}")
     print(f"\nmake images on {base}: {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -51,7 +51,7 @@ class Cluster:
 
     def make(self, *targets: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            ["make", *targets, "PROVIDER=source", f"KSERVE_RELEASE={UPSTREAM}", f"BUILD_DIR={self.build}", f"TAG={TAG}"],
+            ["make", *targets, "PROVIDER=source", "SOURCE_NODE=no", f"KSERVE_RELEASE={UPSTREAM}", f"BUILD_DIR={self.build}", f"TAG={TAG}"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         if check:
@@ -164,7 +164,9 @@ def test_kserves_controller_makes_deployments_and_services_from_our_render(clust
     assert ours["securityContext"].items() <= transformer["securityContext"].items()
     assert pod_spec["securityContext"] == wanted["spec"]["transformer"]["securityContext"]
     (predictor,) = cluster.get(f"deployment/{NAME}-predictor")["spec"]["template"]["spec"]["containers"]
-    assert predictor["image"] == f"kserve/sklearnserver:{KSERVE}"  # the ClusterServingRuntime's, from upstream's file
+    # The ClusterServingRuntime's: the source overlay's, upstream's with our stand-in for kserve/sklearnserver.
+    assert predictor["image"] == f"taxi-mlops/transformer:{TAG}"
+    assert predictor["command"] == ["python", "-m", "transformer.sklearn_runtime"]
     assert f"--model_name={NAME}" in predictor["args"]
     assert wanted["spec"]["predictor"]["model"]["securityContext"].items() <= predictor["securityContext"].items()
 
