@@ -1,13 +1,14 @@
 """`make deploy`'s own sequence against a real kube-apiserver, etcd, kube-controller-manager and KServe's controllers.
 
 The binaries are built from Go modules by `cluster/build` (cached outside the repository, by version) and started by
-`cluster/source` (`make cluster PROVIDER=source`): certificates made at start, RBAC and Node authorizers, KServe's
+`cluster/source` (`make cluster PROVIDER=source SOURCE_NODE=no`): certificates made at start, RBAC and Node authorizers, KServe's
 `manager` and `llmisvc` as processes with their webhooks pointed at them by URL, as envtest does. Then `make kserve
 secret apply PROVIDER=source` with upstream's release files, unchanged. What is real here: every admission and
 authorization decision (RBAC, the API server's schema validation, server-side apply, KServe's webhooks), KServe's
 controller turning the InferenceService into Deployments and Services, the Deployment, Job, CronJob and garbage
-collection controllers. What is not: no node runs pods (they stay Pending), so nothing here serves a prediction, and
-a rollout wait that needs running pods is seen only on kind (the e2e workflow).
+collection controllers. What is not: this tier starts no node (SOURCE_NODE=no: pods stay Pending), so it runs
+without root or Docker; test_source_e2e.py runs the same cluster with its node through `make deploy` and the e2e
+suite.
 
 The stand-in API server of test_deploy.py keeps what this tier cannot show: a rollout through to completion (its
 scripted controller makes pods "available"), and an API server that cannot be reached. rehearsal.py keeps what a
