@@ -41,10 +41,12 @@ OVERLAY_FROM_TAGGED = $(shell $(PYTHON) -c 'import os, sys; print(os.path.relpat
 
 LOCAL_PORT ?= 8080
 # Months the training Job reads: YYYY-MM downloads from TLC; s3://data/… after `make upload-data` (no internet).
-# With DATA_DIR set, `make deploy` uploads that folder's months and a YYYY-MM names the uploaded one.
+# PROVIDER=source with DATA_DIR (the cluster has no internet): `make deploy` uploads that folder's months and a
+# YYYY-MM names the uploaded one.
 TRAIN_DATA ?= 2022-01
 VAL_DATA ?= 2022-02
-data-uri = $(if $(and $(DATA_DIR),$(if $(findstring /,$(1)),,month)),s3://data/green_tripdata_$(1).parquet,$(1))
+OFFLINE := $(if $(and $(filter source,$(PROVIDER)),$(DATA_DIR)),yes)
+data-uri = $(if $(and $(OFFLINE),$(if $(findstring /,$(1)),,month)),s3://data/green_tripdata_$(1).parquet,$(1))
 # The fair gate's margin for `make train`: a negative one lets a worse model through (to serve an older one on purpose).
 GATE_MARGIN ?= 0.01
 CERT_MANAGER_URL := https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
@@ -62,6 +64,10 @@ STORAGE_INITIALIZER_IMAGE := kserve/storage-initializer:$(KSERVE_VERSION)
 endif
 # Our own base, built from Debian's archive (`make base-image`): `make images PYTHON_IMAGE=$(BASE_IMAGE)`.
 BASE_IMAGE ?= taxi-mlops/python:3.11-bookworm
+ifeq ($(PROVIDER),source)
+# Where this tier runs no registry serves versions.env's base: ours, built by `make images` when missing.
+PYTHON_IMAGE = $(BASE_IMAGE)
+endif
 DOCKER_BUILD_FLAGS ?=
 # Every environment `make setup` syncs; the stand-ins' images (s3, storage-initializer) have their own.
 ENVS := $(addsuffix /pyproject.toml,ride $(COMPONENTS) s3 storage-initializer local tests)
@@ -101,7 +107,7 @@ down: ## Stop the system started by `make up`
 ##@ On a cluster (kind: needs docker, kind, kubectl; PROVIDER=source: built here, see cluster/source)
 
 .PHONY: deploy
-deploy: cluster kserve images load secret apply $(if $(DATA_DIR),upload-data) train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
+deploy: cluster kserve images load secret apply $(if $(OFFLINE),upload-data) train ## Everything: cluster, KServe, images, MinIO + MLflow, training, InferenceService rolled out
 	@echo "==> deployed: run \`make port-forward\` in another terminal, then \`make predict\`, \`make traffic\`, \`make drift\`"
 
 .PHONY: cluster
@@ -156,7 +162,8 @@ endef
 KNOWN_REFUSAL := kserve-config-llm-tokenizer.*\.spec\.router\.scheduler\.tokenizer: field not declared in schema
 
 # What differs between providers in `make kserve`: on kind cert-manager itself, and the controllers' Deployments;
-# from source a stand-in for cert-manager and the controllers as processes (cluster/source says how and why).
+# from source a stand-in for cert-manager, and the controllers as upstream's Deployments on the node (as processes
+# without one; cluster/source says how and why).
 ifeq ($(PROVIDER),source)
 define cert-manager
 @echo "==> cert-manager stand-in (cluster/source: no cert-manager build is fetchable)"
@@ -180,7 +187,7 @@ endef
 endif
 
 .PHONY: images
-images: check-docker check-tag ## Build the images tagged TAG on PYTHON_IMAGE (versions.env; `make base-image` where no registry serves it)
+images: check-docker check-tag $(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),base-image) ## Build the images tagged TAG on PYTHON_IMAGE (versions.env; PROVIDER=source: `make base-image`'s, built when missing)
 	@echo "==> images $(IMAGES), tag $(TAG)"
 	@echo "    on $(PYTHON_IMAGE)"
 	@for image in $(IMAGES); do \
@@ -192,7 +199,7 @@ images: check-docker check-tag ## Build the images tagged TAG on PYTHON_IMAGE (v
 .PHONY: load
 ifeq ($(PROVIDER),source)
 load: check-docker check-tag ## Load the images tagged TAG into the cluster (kind: CLUSTER_NAME; source: the node's containerd) (after `make images`)
-	cluster/source load $(foreach image,$(IMAGES),taxi-mlops/$(image):$(TAG)) $(STORAGE_INITIALIZER_IMAGE)
+	cluster/source load $(foreach image,$(filter-out storage-initializer,$(IMAGES)),taxi-mlops/$(image):$(TAG)) $(STORAGE_INITIALIZER_IMAGE)
 else
 load: check-docker check-kind check-tag
 	@for image in $(COMPONENTS); do $(KIND) load docker-image taxi-mlops/$$image:$(TAG) --name $(CLUSTER_NAME); done
@@ -237,9 +244,9 @@ apply: check-kubectl overlay ## Apply the manifests (MinIO, its buckets and user
 	@echo "==> manifests $(OVERLAY), tag $(TAG)"
 	$(KUBECTL) delete job minio-setup -n $(NAMESPACE) --ignore-not-found
 	$(KUBECTL) apply -k $(TAGGED_OVERLAY)
-	@nodes=$$($(KUBECTL) get nodes -o name); \
-	if [ -z "$$nodes" ]; then \
-		echo "no node registered: not waiting for deployment/minio, deployment/mlflow, job/minio-setup"; \
+	@ready=$$($(KUBECTL) get nodes -o jsonpath='{.items[*].status.conditions[?(@.type=="Ready")].status}'); \
+	if [[ "$$ready" != *True* ]]; then \
+		echo "no node is Ready: not waiting for deployment/minio, deployment/mlflow, job/minio-setup"; \
 	else \
 		$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(NAMESPACE) --timeout=300s; \
 		$(call wait-job,minio-setup,300); \
@@ -272,7 +279,7 @@ upload-data: check-kubectl setup ## Copy DATA_DIR's TLC months into the cluster'
 	@test -n "$(DATA_DIR)" || { echo "set DATA_DIR to a folder of green_tripdata_YYYY-MM.parquet files"; exit 1; }
 	@$(call minio-as,minio-root,MINIO_ROOT_USER,MINIO_ROOT_PASSWORD); \
 	$(LOCAL) upload --to s3://data/ $(DATA_DIR)/green_tripdata_*.parquet
-	@echo "now: make train TRAIN_DATA=s3://data/green_tripdata_2022-01.parquet VAL_DATA=s3://data/green_tripdata_2022-02.parquet"
+	@echo "now: make train TRAIN_DATA=s3://data/green_tripdata_2022-01.parquet VAL_DATA=s3://data/green_tripdata_2022-02.parquet (PROVIDER=source with DATA_DIR: TRAIN_DATA=2022-01 names the upload)"
 
 .PHONY: port-forward
 port-forward: check-kubectl ## Forward localhost:LOCAL_PORT to the transformer (leave it running)
@@ -318,19 +325,23 @@ endif
 .PHONY: e2e
 e2e: setup ## End-to-end tests on the real cluster `make deploy` made (kind, or PROVIDER=source); on failure, `make diagnose`
 	@cd tests && PROVIDER=$(PROVIDER) $(E2E_ENV) .venv/bin/python -m pytest -m e2e -o addopts="-ra" $(PYTEST_ARGS) test_e2e.py \
-		|| { $(MAKE) --no-print-directory -C $(CURDIR) diagnose; exit 1; }
+		|| { $(diagnostics); exit 1; }
 
 .PHONY: diagnose
 diagnose: check-kubectl ## Print every pod of taxi-mlops and kserve (state, end of describe, all logs) and the last 100 events
-	@for namespace in $(NAMESPACE) kserve; do \
-		$(KUBECTL) get pods -n "$$namespace" -o wide || true; \
-		for pod in $$($(KUBECTL) get pods -n "$$namespace" -o name 2>/dev/null); do \
-			echo "--- $$namespace/$$pod"; \
-			$(KUBECTL) describe -n "$$namespace" "$$pod" | tail -n 30 || true; \
-			$(KUBECTL) logs -n "$$namespace" "$$pod" --all-containers --prefix --tail=-1 || true; \
-		done; \
-	done
-	@$(KUBECTL) get events -A --sort-by=.lastTimestamp | tail -n 100 || true
+	@$(diagnostics)
+
+define diagnostics
+for namespace in $(NAMESPACE) kserve; do \
+	$(KUBECTL) get pods -n "$$namespace" -o wide || true; \
+	for pod in $$($(KUBECTL) get pods -n "$$namespace" -o name 2>/dev/null); do \
+		echo "--- $$namespace/$$pod"; \
+		$(KUBECTL) describe -n "$$namespace" "$$pod" | tail -n 30 || true; \
+		$(KUBECTL) logs -n "$$namespace" "$$pod" --all-containers --prefix --tail=-1 || true; \
+	done; \
+done; \
+$(KUBECTL) get events -A --sort-by=.lastTimestamp | tail -n 100 || true
+endef
 
 # $(call minio-as,SECRET,KEY_ID_FIELD,SECRET_FIELD): for the rest of the recipe line, the cluster's MinIO on a local
 # port (a port-forward that ends with the line) with the S3 keys from that Secret in the AWS_* variables.

@@ -137,11 +137,23 @@ class Call:
         return bool(self.argv) and Path(self.argv[0]).name == "kubectl"
 
 
+def substituted(script: str) -> str:
+    """Each command substitution `$(…)` as the word SUBST; its parentheses may nest (a jsonpath filter's do)."""
+    out, i = [], 0
+    while (start := script.find("$(", i)) >= 0:
+        depth, j = 1, start + 2
+        while j < len(script) and depth:
+            depth += {"(": 1, ")": -1}.get(script[j], 0)
+            j += 1
+        out.append(script[i:start] + "SUBST")
+        i = j
+    return "".join(out) + script[i:]
+
+
 def calls(script: str) -> list[list[Call]]:
     """Every shell line of `make -n` output, as the simple commands on it (all of them, kubectl or not)."""
     script = re.sub(r"\\\n[ \t]*", " ", script)
-    while re.search(r"\$\([^()]*\)", script):
-        script = re.sub(r"\$\([^()]*\)", "SUBST", script)
+    script = substituted(script)
     lines = []
     for line in script.splitlines():
         lex = shlex.shlex(line, posix=True, punctuation_chars=True)

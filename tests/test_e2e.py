@@ -33,8 +33,10 @@ def missing_tools() -> str | None:
     if PROVIDER == "source":
         if not shutil.which("kubectl"):
             return "kubectl not found on PATH (`make e2e PROVIDER=source` puts cluster/build's first)"
-        if subprocess.run(["kubectl", "get", "nodes"], capture_output=True).returncode != 0:
-            return "the source-built cluster does not answer: `make deploy PROVIDER=source` first"
+        ready = subprocess.run(["kubectl", "get", "nodes", "-o", 'jsonpath={..conditions[?(@.type=="Ready")].status}'],
+                               capture_output=True, text=True)  # fmt: skip
+        if "True" not in ready.stdout:
+            return "the source-built cluster has no Ready node: `make deploy PROVIDER=source` first"
         return None
     for tool in ("docker", "kind", "kubectl"):
         if not shutil.which(tool):
@@ -229,6 +231,7 @@ def served_version(port: int) -> str:
     return body["model_version"]
 
 
+@pytest.mark.timeout(5400)  # two training Jobs, a retraining Job and two rollbacks, each waited for
 def test_the_drift_job_retrains_an_older_model_and_make_rollback_brings_it_back(drift_schedule_paused, predictions,
                                                                                  tmp_path):  # fmt: skip
     """The loop in the cluster, as `make loop` shows it on one machine: a model trained on 2021-01 (a lockdown month)

@@ -520,8 +520,13 @@ def test_the_source_overlays_sklearn_runtime_is_upstreams_with_our_stand_in(tmp_
     if not path.exists():
         pytest.skip(f"KServe runtime definitions not present at {SCHEMAS}")
     upstream = yaml.safe_load(path.read_text())
-    ours = named(kustomize_tagged(tmp_path, ROOT / "manifests" / "overlays" / "source"), "ClusterServingRuntime",
-                 "kserve-sklearnserver")  # fmt: skip
+    rendered = kustomize_tagged(tmp_path, ROOT / "manifests" / "overlays" / "source")
+    # Exactly kind's images and the S3 stand-in, which serves MinIO's Deployment and checks in its set-up Job.
+    images = {c["image"] for d in rendered for c in containers(d)}
+    assert images == {f"taxi-mlops/{c}:{TAG}" for c in (*COMPONENTS, "s3")}, "no MinIO image: none can be had"
+    assert [c["args"][0] for c in containers(named(rendered, "Job", "minio-setup"))] == ["check"]
+    assert [c["image"] for c in containers(named(rendered, "Deployment", "minio"))] == [f"taxi-mlops/s3:{TAG}"]
+    ours = named(rendered, "ClusterServingRuntime", "kserve-sklearnserver")
     schema = json.loads((SCHEMAS / "openapi" / "clusterservingruntime.v1alpha1.schema.json").read_text())
     jsonschema.Draft7Validator(schema).validate(ours)
     for field in ("supportedModelFormats", "protocolVersions", "annotations"):

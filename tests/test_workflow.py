@@ -52,7 +52,7 @@ def test_the_workflow_deploys_on_kind_then_runs_e2e_and_dumps_every_pods_logs_on
     assert runs.index(install) < deploy < e2e
     assert job["env"]["TAG"] != re.search(r"^TAG=(\S+)", (ROOT / "versions.env").read_text(), re.M)[1]
     dump = job["steps"][-1]
-    assert dump["if"] == "failure()" and dump["run"] == "make diagnose"
+    assert dump["if"] == "failure() && steps.deploy.outcome == 'failure'" and dump["run"] == "make diagnose"
     # One recipe for the workflow, `make e2e`'s own failure and the source-built cluster's tier.
     diagnose = subprocess.run(["make", "-n", "diagnose"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "for namespace in taxi-mlops kserve" in diagnose and "kubectl logs" in diagnose
